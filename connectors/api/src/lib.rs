@@ -1,0 +1,232 @@
+//! The contract between Callosum's sources, its change log and its sinks.
+//!
+//! Every crate of the workspace speaks in these types: a source turns a store's
+//! replication stream into [`SourceMessage`]s, the change log stores them as
+//! [`ChangeEvent`]s grouped into committed transactions, and a sink applies
+//! [`SinkTransaction`]s to its target store. The traits at each seam
+//! ([`Source`], [`Sink`]) state their guarantees in their docs; the change log's
+//! contract lives with the log itself in the agent crate, since only the agent
+//! touches sled.
+
+mod error;
+mod position;
+mod value;
+
+pub use error::{ConnectorError, ErrorClass, ErrorKind};
+pub use position::{Lsn, Position};
+pub use value::{Value, ValueKind};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+/// The name of the table, in every target store, that holds one row per
+/// pipeline with the source position of the last applied transaction.
+pub const CHECKPOINT_TABLE: &str = "callosum_checkpoint";
+
+/// A table as its store names it: `schema.table` on PostgreSQL,
+/// `database.table` on MySQL/MariaDB.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableId {
+    /// PostgreSQL schema or MySQL database.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl TableId {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `ns.table`, or a bare `table` in `default_namespace`.
+    pub fn parse(text: &str, default_namespace: &str) -> Self {
+        match text.split_once('.') {
+            Some((ns, name)) => Self::new(ns, name),
+            None => Self::new(default_namespace, text),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.namespace, self.name)
+    }
+}
+
+/// The shape of a captured table as the source saw it when the change was
+/// made. Shared between the events of a transaction through an [`Arc`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub table: TableId,
+    pub columns: Vec<ColumnSchema>,
+}
+
+impl TableSchema {
+    /// Indexes of the key columns (the replica identity / primary key), in
+    /// column order.
+    pub fn key_indexes(&self) -> Vec<usize> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSchema {
+    pub name: String,
+    /// The source's own type name (`int8`, `numeric`, `varchar`, …), for
+    /// error messages and conversions that need it.
+    pub source_type: String,
+    pub is_key: bool,
+}
+
+/// One row: values in the column order of its [`TableSchema`].
+pub type Row = Vec<Value>;
+
+/// One row change of a committed source transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RowChange {
+    Insert {
+        row: Row,
+    },
+    /// `old_key` holds the key columns' old values (in column order, other
+    /// columns [`Value::Null`]) when the update changed the key, `None`
+    /// otherwise. Columns of `row` may be [`Value::Unchanged`].
+    Update {
+        old_key: Option<Row>,
+        row: Row,
+    },
+    /// `key` holds at least the key columns (others may be [`Value::Null`]).
+    Delete {
+        key: Row,
+    },
+    Truncate,
+}
+
+/// A row change with the table it belongs to. Held in the change log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub schema: Arc<TableSchema>,
+    pub change: RowChange,
+}
+
+/// Metadata of a committed source transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionMeta {
+    /// The position identifying this transaction, strictly increasing in
+    /// commit order within one source store. Sinks store it as their
+    /// checkpoint and skip every transaction at or below it.
+    pub position: Position,
+    /// The position the source may acknowledge upstream once this
+    /// transaction is durable in the change log (for PostgreSQL the end LSN of
+    /// the commit record; the place to resume from).
+    pub resume_position: Position,
+    /// Commit time at the source, microseconds since the Unix epoch.
+    pub commit_time_micros: i64,
+}
+
+/// What a [`Source`] yields, in source commit order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceMessage {
+    /// A transaction starts. Its changes follow, then [`SourceMessage::Commit`].
+    Begin,
+    Change(ChangeEvent),
+    /// The transaction begun last is committed.
+    Commit(TransactionMeta),
+    /// The transaction begun last is discarded (for example Callosum's own
+    /// write, recognised by a change to [`CHECKPOINT_TABLE`], or a
+    /// transaction the log already holds). Nothing of it reaches the log.
+    Discard { resume_position: Position },
+    /// Nothing is in flight and the store's stream has advanced to this
+    /// position with nothing for us (idle captured tables): once every
+    /// earlier transaction is durable, the source may acknowledge it.
+    Progress(Position),
+}
+
+/// A captured store's stream of committed transactions.
+///
+/// Guarantees:
+/// - messages come in source commit order; a transaction is
+///   `Begin`, its changes, then `Commit` (or `Discard`), never interleaved;
+/// - [`Source::acknowledge`] is the only way the source tells its store that
+///   it may forget history. The caller must call it only with positions the
+///   change log has durably flushed; the source never acknowledges on its own;
+/// - after a restart from `resume_from`, transactions with a position at or
+///   below it are not yielded (or yielded as `Discard`).
+pub trait Source: Send {
+    /// Next message; waits for the store. Cancel-safe: dropping the future
+    /// loses no message that was not yet returned.
+    fn next(&mut self) -> impl Future<Output = Result<SourceMessage, ConnectorError>> + Send;
+
+    /// Tells the store that everything up to `position` (a `resume_position`
+    /// or `Progress` position) is durable downstream.
+    fn acknowledge(
+        &mut self,
+        position: &Position,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+/// A target store that applies whole source transactions exactly once.
+///
+/// Guarantees:
+/// - [`Sink::checkpoint`] returns the position written by the last committed
+///   [`Sink::commit`] (or `None` for a new pipeline);
+/// - between [`Sink::begin`] and [`Sink::commit`] nothing is visible in the
+///   target; the checkpoint row is the first row written in the target
+///   transaction and commits atomically with the data;
+/// - on error the target transaction is rolled back: the caller retries the
+///   same batch from `begin`.
+pub trait Sink: Send {
+    /// The checkpoint position stored in the target for this pipeline.
+    fn checkpoint(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Position>, ConnectorError>> + Send;
+
+    /// Starts a target transaction and writes the checkpoint row.
+    fn begin(
+        &mut self,
+        checkpoint: &Position,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Applies changes inside the open target transaction. May be called
+    /// several times (a large source transaction is applied in chunks).
+    fn apply(
+        &mut self,
+        events: &[ChangeEvent],
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Commits the target transaction.
+    fn commit(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Rolls back the open target transaction, if any.
+    fn rollback(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+/// A prerequisite that `callosum check` found missing: what is wrong and how
+/// the operator fixes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckProblem {
+    /// The store (config name) the problem is in.
+    pub store: String,
+    /// What is wrong, e.g. `wal_level is replica`.
+    pub problem: String,
+    /// How to fix it, e.g. `set wal_level = logical in postgresql.conf and restart`.
+    pub fix: String,
+}
+
+impl fmt::Display for CheckProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}\n    fix: {}", self.store, self.problem, self.fix)
+    }
+}

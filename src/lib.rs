@@ -1,0 +1,14 @@
+//! Callosum: a change-data-capture replication agent between PostgreSQL and
+//! MariaDB/MySQL. See ARCHITECTURE.md for the code map and invariants.
+
+pub mod agent;
+pub mod capture;
+pub mod apply;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod testkit;
