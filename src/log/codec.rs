@@ -1,0 +1,154 @@
+//! The change log's on-disk format. The only place that knows bincode: every
+//! value starts with a format-version byte so the format can change without
+//! misreading old data.
+
+use callosum_api::{ChangeEvent, Position, RowChange, TableSchema};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::LogError;
+
+/// Version byte of every value this module writes.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A record batch: many events in one sled value. Table schemas are stored
+/// once per batch and shared by the decoded events.
+#[derive(Serialize, Deserialize)]
+struct BatchBody {
+    schemas: Vec<Arc<TableSchema>>,
+    events: Vec<(u32, RowChange)>,
+}
+
+/// A committed transaction's index entry: where its events are in the record
+/// batches, and what the sinks and the source need to know about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub position: Position,
+    pub resume_position: Position,
+    pub commit_time_micros: i64,
+    /// Batch key and index of the first event.
+    pub first_batch: u64,
+    pub first_index: u32,
+    /// Batch key of the last event (equal to `first_batch` for most).
+    pub last_batch: u64,
+    pub events: u64,
+    /// Events committed to this log up to and including this transaction.
+    pub cumulative_events: u64,
+}
+
+/// The writer's durable state, written at every flush.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub next_txn_seq: u64,
+    pub next_batch_key: u64,
+    pub cumulative_events: u64,
+    /// Where the source resumes: the resume position of the last durable
+    /// transaction, or a later acknowledged idle position.
+    pub resume_position: Option<Position>,
+    /// Commit time of the last durable transaction (µs since epoch).
+    pub last_commit_micros: i64,
+}
+
+/// What truncation removed, kept so that a sink whose checkpoint is older can
+/// tell that it missed changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Truncation {
+    pub through_seq: Option<u64>,
+    pub through_position: Option<Position>,
+}
+
+pub fn encode_batch(events: &[ChangeEvent]) -> Result<Vec<u8>, LogError> {
+    let mut schemas: Vec<Arc<TableSchema>> = Vec::new();
+    let mut body_events = Vec::with_capacity(events.len());
+    for event in events {
+        let index = match schemas.iter().rposition(|s| Arc::ptr_eq(s, &event.schema)) {
+            Some(i) => i,
+            None => {
+                schemas.push(event.schema.clone());
+                schemas.len() - 1
+            }
+        };
+        body_events.push((index as u32, event.change.clone()));
+    }
+    encode(&BatchBody {
+        schemas,
+        events: body_events,
+    })
+}
+
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<ChangeEvent>, LogError> {
+    let body: BatchBody = decode(bytes, "record batch")?;
+    body.events
+        .into_iter()
+        .map(|(index, change)| {
+            let schema = body
+                .schemas
+                .get(index as usize)
+                .ok_or(LogError::Corrupt("record batch refers to a missing schema"))?
+                .clone();
+            Ok(ChangeEvent { schema, change })
+        })
+        .collect()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LogError> {
+    let mut out = vec![FORMAT_VERSION];
+    bincode::serialize_into(&mut out, value).map_err(|e| LogError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, LogError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            bincode::deserialize(rest).map_err(|_| LogError::Corrupt(what))
+        }
+        Some((&version, _)) => Err(LogError::UnsupportedFormat { what, version }),
+        None => Err(LogError::Corrupt(what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callosum_api::{ColumnSchema, TableId, Value};
+
+    fn schema(name: &str) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            table: TableId::new("public", name),
+            columns: vec![ColumnSchema {
+                name: "id".into(),
+                source_type: "int8".into(),
+                is_key: true,
+            }],
+        })
+    }
+
+    #[test]
+    fn batch_round_trips_and_shares_schemas() {
+        let a = schema("a");
+        let b = schema("b");
+        let events: Vec<ChangeEvent> = (0..10)
+            .map(|i| ChangeEvent {
+                schema: if i % 2 == 0 { a.clone() } else { b.clone() },
+                change: RowChange::Insert {
+                    row: vec![Value::Int(i)],
+                },
+            })
+            .collect();
+        let bytes = encode_batch(&events).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        let decoded = decode_batch(&bytes).unwrap();
+        assert_eq!(decoded, events);
+        assert!(Arc::ptr_eq(&decoded[0].schema, &decoded[2].schema));
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let mut bytes = encode(&Head::default()).unwrap();
+        bytes[0] = 99;
+        assert!(matches!(
+            decode::<Head>(&bytes, "head"),
+            Err(LogError::UnsupportedFormat { version: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,224 @@
+//! A pipeline's read cursor over one source store's log.
+
+use callosum_api::{ChangeEvent, Position};
+use std::cmp::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use super::codec::{self, TxnRecord};
+use super::{key_seq, seq_key, LogError, StoreLog};
+
+/// What a pipeline has yet to apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub transactions: u64,
+    pub events: u64,
+    /// Commit time (µs since epoch) of the oldest transaction not applied.
+    pub oldest_commit_micros: Option<i64>,
+}
+
+/// Reads committed transactions in order for one pipeline.
+///
+/// The reader only sees durable transactions. Its position is set from the
+/// target's checkpoint ([`LogReader::seek_after`]), so a crash between the
+/// target's commit and [`LogReader::mark_applied`] costs nothing: the cursor
+/// stored here only decides what truncation may remove.
+pub struct LogReader {
+    store: Arc<StoreLog>,
+    pipeline: String,
+    next_seq: u64,
+    durable: watch::Receiver<u64>,
+    cached_batch: Option<(u64, Arc<Vec<ChangeEvent>>)>,
+    applied_cumulative: Option<u64>,
+}
+
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("store", &self.store.name)
+            .field("pipeline", &self.pipeline)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogReader {
+    pub(crate) fn new(store: Arc<StoreLog>, pipeline: &str) -> Self {
+        let durable = store.durable.subscribe();
+        Self {
+            store,
+            pipeline: pipeline.to_string(),
+            next_seq: 0,
+            durable,
+            cached_batch: None,
+            applied_cumulative: None,
+        }
+    }
+
+    /// Positions the reader on the first transaction after `checkpoint` (the
+    /// target's stored position; `None` for a new pipeline). Fails when the
+    /// log was truncated past it.
+    pub fn seek_after(&mut self, checkpoint: Option<&Position>) -> Result<(), LogError> {
+        let truncation = self.store.truncation()?;
+        if let Some(through) = &truncation.through_position {
+            let missed = match checkpoint {
+                None => true,
+                Some(cp) => match cp.partial_cmp(through) {
+                    Some(order) => order == Ordering::Less,
+                    None => {
+                        return Err(LogError::IncomparablePosition {
+                            checkpoint: cp.to_string(),
+                            log_position: through.to_string(),
+                        })
+                    }
+                },
+            };
+            if missed {
+                return Err(LogError::Gap {
+                    checkpoint: checkpoint.map_or("(none)".to_string(), |p| p.to_string()),
+                    truncated_through: through.to_string(),
+                });
+            }
+        }
+        let start = truncation.through_seq.map_or(0, |s| s + 1);
+        self.next_seq = start;
+        self.applied_cumulative = None;
+        let Some(checkpoint) = checkpoint else {
+            return Ok(());
+        };
+        for entry in self.store.txns.range(seq_key(start)..) {
+            let (key, value) = entry?;
+            let txn: TxnRecord = codec::decode(&value, "transaction record")?;
+            match txn.position.partial_cmp(checkpoint) {
+                Some(Ordering::Greater) => break,
+                Some(_) => {
+                    self.next_seq = key_seq(&key)? + 1;
+                    self.applied_cumulative = Some(txn.cumulative_events);
+                }
+                None => {
+                    return Err(LogError::IncomparablePosition {
+                        checkpoint: checkpoint.to_string(),
+                        log_position: txn.position.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a durable transaction is there to read.
+    pub async fn wait_for_transactions(&mut self) {
+        let next = self.next_seq;
+        // the sender lives as long as the store; an error means shutdown
+        let _ = self.durable.wait_for(|durable| *durable > next).await;
+    }
+
+    /// Whether a durable transaction is there to read now.
+    pub fn has_transactions(&self) -> bool {
+        *self.durable.borrow() > self.next_seq
+    }
+
+    /// The next durable transactions, whole, starting at the cursor: as many
+    /// as fit in `max_events` events, and at least one if there is any.
+    /// Does not move the cursor.
+    pub fn peek_transactions(&self, max_events: u64) -> Result<Vec<(u64, TxnRecord)>, LogError> {
+        let durable = *self.durable.borrow();
+        let mut out = Vec::new();
+        let mut events = 0u64;
+        for entry in self.store.txns.range(seq_key(self.next_seq)..seq_key(durable)) {
+            let (key, value) = entry?;
+            let txn: TxnRecord = codec::decode(&value, "transaction record")?;
+            if !out.is_empty() && events + txn.events > max_events {
+                break;
+            }
+            events += txn.events;
+            out.push((key_seq(&key)?, txn));
+            if events >= max_events {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends to `out` up to `limit` events of `txn`, skipping its first
+    /// `skip` events.
+    pub fn read_events(
+        &mut self,
+        txn: &TxnRecord,
+        skip: u64,
+        limit: u64,
+        out: &mut Vec<ChangeEvent>,
+    ) -> Result<(), LogError> {
+        let wanted = txn.events.saturating_sub(skip).min(limit);
+        let mut to_skip = txn.first_index as u64 + skip;
+        let mut taken = 0u64;
+        let mut batch_key = txn.first_batch;
+        while taken < wanted {
+            let batch = self.batch(batch_key)?;
+            let len = batch.len() as u64;
+            if to_skip >= len {
+                to_skip -= len;
+            } else {
+                let from = to_skip as usize;
+                let n = (len - to_skip).min(wanted - taken) as usize;
+                out.extend_from_slice(&batch[from..from + n]);
+                taken += n as u64;
+                to_skip = 0;
+            }
+            batch_key += 1;
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, key: u64) -> Result<Arc<Vec<ChangeEvent>>, LogError> {
+        if let Some((cached, batch)) = &self.cached_batch {
+            if *cached == key {
+                return Ok(batch.clone());
+            }
+        }
+        let bytes = self
+            .store
+            .records
+            .get(seq_key(key))?
+            .ok_or(LogError::Corrupt("a transaction refers to a missing record batch"))?;
+        let batch = Arc::new(codec::decode_batch(&bytes)?);
+        self.cached_batch = Some((key, batch.clone()));
+        Ok(batch)
+    }
+
+    /// Moves the cursor past transaction `seq` (applied and committed in the
+    /// target) and stores it for truncation.
+    pub fn mark_applied(&mut self, seq: u64, txn: &TxnRecord) -> Result<(), LogError> {
+        self.next_seq = seq + 1;
+        self.applied_cumulative = Some(txn.cumulative_events);
+        self.store
+            .cursors
+            .insert(self.store.cursor_key(&self.pipeline), codec::encode(&seq)?)?;
+        Ok(())
+    }
+
+    /// What is durable in the log and not yet applied by this pipeline.
+    pub fn pending(&self) -> Result<Pending, LogError> {
+        let durable = *self.durable.borrow();
+        if durable <= self.next_seq {
+            return Ok(Pending::default());
+        }
+        let first = self.store.txns.range(seq_key(self.next_seq)..).next();
+        let last = self.store.txns.range(..seq_key(durable)).next_back();
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(Pending::default());
+        };
+        let first: TxnRecord = codec::decode(&first?.1, "transaction record")?;
+        let last: TxnRecord = codec::decode(&last?.1, "transaction record")?;
+        Ok(Pending {
+            transactions: durable - self.next_seq,
+            events: last.cumulative_events - (first.cumulative_events - first.events),
+            oldest_commit_micros: Some(first.commit_time_micros),
+        })
+    }
+
+    /// The sequence of the next transaction to read.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
