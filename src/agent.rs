@@ -1,1 +1,540 @@
-//! agent
+//! Pipeline wiring: one capture worker per source store, one apply worker
+//! per pipeline, the truncation task and the HTTP listener, with retries of
+//! transient failures and a clean stop on SIGINT/SIGTERM.
+
+use anyhow::Context;
+use callosum_api::{ConnectorError, ErrorClass, Position, Sink, Source, SourceMessage, TableId};
+use callosum_mysql::{MySqlSink, MySqlSinkConfig};
+use callosum_postgres::{PgSource, PgSourceConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn, Instrument};
+
+use crate::apply::{self, AppliedBatch, ApplyObserver};
+use crate::capture::{self, CaptureObserver};
+use crate::config::{Config, OnError, PipelineConfig, StoreConfig};
+use crate::http::{AgentStatus, PipelineState};
+use crate::log::{ChangeLog, LogWriter, Pending};
+use crate::metrics::{Metrics, PipelineMetrics, StoreMetrics};
+use crate::retry::RetryPolicy;
+
+/// How often applied transactions are removed from the log.
+const TRUNCATE_EVERY: Duration = Duration::from_secs(1);
+
+/// A running agent: its workers, metrics and status.
+pub struct Agent {
+    workers: JoinSet<()>,
+    shutdown: watch::Sender<bool>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<AgentStatus>,
+    /// Where the HTTP listener is bound (the configured address, or the
+    /// port the OS picked for `:0`).
+    pub http_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then stops it gracefully.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let agent = Agent::start(config).await?;
+    info!(listen = %agent.http_addr, "callosum running");
+    wait_for_signal().await;
+    info!("stopping: finishing batches, flushing the log, acknowledging");
+    agent.stop().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Agent {
+    /// Opens the log, binds the HTTP listener and starts every worker.
+    pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let log_dir = config.data_dir.join("log");
+        let log = tokio::task::spawn_blocking(move || ChangeLog::open(&log_dir))
+            .await?
+            .context("cannot open the change log in data_dir")?;
+        let metrics = Arc::new(Metrics::new());
+        let status = Arc::new(AgentStatus::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} ([http] listen)", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let mut workers = JoinSet::new();
+        {
+            let metrics = metrics.clone();
+            let status = status.clone();
+            let mut stop = shutdown_rx.clone();
+            workers.spawn(async move {
+                let shutdown = async move { crate::shutdown::requested(&mut stop).await };
+                if let Err(err) = crate::http::serve(listener, metrics, status, shutdown).await {
+                    error!(error = %err, "http listener failed");
+                }
+            });
+        }
+
+        for pipeline in &config.pipelines {
+            status.set_state(&pipeline.name, PipelineState::Starting, None);
+        }
+
+        // one capture worker per store that feeds a pipeline
+        let mut readers_by_store: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut tables_by_store: BTreeMap<String, BTreeSet<TableId>> = BTreeMap::new();
+        for pipeline in &config.pipelines {
+            let from = &config.stores[&pipeline.from];
+            readers_by_store
+                .entry(pipeline.from.clone())
+                .or_default()
+                .push(pipeline.name.clone());
+            tables_by_store
+                .entry(pipeline.from.clone())
+                .or_default()
+                .extend(pipeline.source_tables(from));
+        }
+        for (store_name, tables) in &tables_by_store {
+            let writer = log.writer(store_name)?;
+            let worker = CaptureWorker {
+                store: store_name.clone(),
+                config: config.stores[store_name].clone(),
+                tables: tables.iter().cloned().collect(),
+                pipelines: readers_by_store[store_name].clone(),
+                metrics: metrics.store(store_name),
+                status: status.clone(),
+            };
+            let span = tracing::info_span!("capture", store = %store_name);
+            workers.spawn(worker.run(writer, shutdown_rx.clone()).instrument(span));
+        }
+        for pipeline in &config.pipelines {
+            let worker = ApplyWorker {
+                pipeline: pipeline.clone(),
+                from: config.stores[&pipeline.from].clone(),
+                to: config.stores[&pipeline.to].clone(),
+                log: log.clone(),
+                metrics: metrics.pipeline(&pipeline.name),
+                status: status.clone(),
+            };
+            let span = tracing::info_span!("apply", pipeline = %pipeline.name);
+            workers.spawn(worker.run(shutdown_rx.clone()).instrument(span));
+        }
+        {
+            let log = log.clone();
+            let mut stop = shutdown_rx.clone();
+            workers.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = crate::shutdown::requested(&mut stop) => return,
+                        _ = tokio::time::sleep(TRUNCATE_EVERY) => {}
+                    }
+                    for (store, pipelines) in &readers_by_store {
+                        let log = log.clone();
+                        let store = store.clone();
+                        let pipelines = pipelines.clone();
+                        let result = tokio::task::spawn_blocking(move || {
+                            let names: Vec<&str> = pipelines.iter().map(String::as_str).collect();
+                            log.truncate_applied(&store, &names)
+                        })
+                        .await;
+                        if let Ok(Err(err)) = result {
+                            warn!(error = %err, "failed to truncate the change log");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Agent {
+            workers,
+            shutdown,
+            metrics,
+            status,
+            http_addr,
+        })
+    }
+
+    /// Asks every worker to stop (capture flushes and acknowledges, apply
+    /// finishes its batch) and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.workers.join_next().await.is_some() {}
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Waits `delay` unless the agent stops first; returns whether it stops.
+async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = crate::shutdown::requested(shutdown) => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// A captured store's source, whatever its engine.
+enum AnySource {
+    Postgres(PgSource),
+}
+
+impl Source for AnySource {
+    async fn next(&mut self) -> Result<SourceMessage, ConnectorError> {
+        match self {
+            AnySource::Postgres(source) => source.next().await,
+        }
+    }
+
+    async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
+        match self {
+            AnySource::Postgres(source) => source.acknowledge(position).await,
+        }
+    }
+}
+
+/// A pipeline's target, whatever its engine.
+enum AnySink {
+    Mysql(MySqlSink),
+}
+
+impl Sink for AnySink {
+    async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
+        match self {
+            AnySink::Mysql(sink) => sink.checkpoint().await,
+        }
+    }
+    async fn begin(&mut self, checkpoint: &Position) -> Result<(), ConnectorError> {
+        match self {
+            AnySink::Mysql(sink) => sink.begin(checkpoint).await,
+        }
+    }
+    async fn apply(&mut self, events: &[callosum_api::ChangeEvent]) -> Result<(), ConnectorError> {
+        match self {
+            AnySink::Mysql(sink) => sink.apply(events).await,
+        }
+    }
+    async fn commit(&mut self) -> Result<(), ConnectorError> {
+        match self {
+            AnySink::Mysql(sink) => sink.commit().await,
+        }
+    }
+    async fn rollback(&mut self) -> Result<(), ConnectorError> {
+        match self {
+            AnySink::Mysql(sink) => sink.rollback().await,
+        }
+    }
+}
+
+fn store_password(store: &StoreConfig) -> Result<Option<String>, ConnectorError> {
+    store
+        .password()
+        .map(|p| p.map(|s| s.expose().to_string()))
+        .map_err(|err| ConnectorError::new(callosum_api::ErrorKind::Config, err.to_string()))
+}
+
+/// Builds the source of a store.
+pub(crate) fn source_config(
+    name: &str,
+    store: &StoreConfig,
+    tables: Vec<TableId>,
+) -> Result<PgSourceConfig, ConnectorError> {
+    match store {
+        StoreConfig::Postgres(pg) => Ok(PgSourceConfig {
+            store: name.to_string(),
+            url: pg.url.clone(),
+            password: store_password(store)?,
+            slot: pg.slot_name(name),
+            publication: pg.publication_name(name),
+            tables,
+        }),
+        StoreConfig::Mysql(_) => Err(ConnectorError::new(
+            callosum_api::ErrorKind::Config,
+            format!(
+                "store `{name}`: capturing from MySQL/MariaDB is not available in this version"
+            ),
+        )
+        .with_hint("use a PostgreSQL store as a pipeline's `from`")),
+    }
+}
+
+/// Builds the sink config of a pipeline.
+pub(crate) fn sink_config(
+    pipeline: &PipelineConfig,
+    from: &StoreConfig,
+    to: &StoreConfig,
+) -> Result<MySqlSinkConfig, ConnectorError> {
+    match to {
+        StoreConfig::Mysql(mysql) => Ok(MySqlSinkConfig {
+            store: pipeline.to.clone(),
+            url: mysql.url.clone(),
+            password: store_password(to)?,
+            pipeline: pipeline.name.clone(),
+            tables: pipeline.table_mapping(from, to),
+        }),
+        StoreConfig::Postgres(_) => Err(ConnectorError::new(
+            callosum_api::ErrorKind::Config,
+            format!(
+                "pipeline `{}`: applying to PostgreSQL is not available in this version",
+                pipeline.name
+            ),
+        )
+        .with_hint("use a MySQL/MariaDB store as a pipeline's `to`")),
+    }
+}
+
+struct CaptureWorker {
+    store: String,
+    config: StoreConfig,
+    tables: Vec<TableId>,
+    pipelines: Vec<String>,
+    metrics: StoreMetrics,
+    status: Arc<AgentStatus>,
+}
+
+struct StoreObserver<'a> {
+    metrics: &'a StoreMetrics,
+    status: &'a AgentStatus,
+    pipelines: &'a [String],
+}
+
+impl CaptureObserver for StoreObserver<'_> {
+    fn committed(&mut self, events: u64) {
+        self.metrics.source_events.inc_by(events);
+    }
+
+    fn acknowledged(&mut self, position: &Position) {
+        let text = position.to_string();
+        for pipeline in self.pipelines {
+            self.status.set_source_position(pipeline, &text);
+        }
+    }
+}
+
+impl CaptureWorker {
+    async fn run(self, mut writer: LogWriter, mut shutdown: watch::Receiver<bool>) {
+        let mut retry = RetryPolicy::default();
+        loop {
+            if crate::shutdown::is_requested(&shutdown) {
+                return;
+            }
+            let result = self
+                .capture_once(&mut writer, &mut shutdown, &mut retry)
+                .await;
+            let err = match result {
+                Ok(()) => return,
+                Err(err) => err,
+            };
+            self.metrics.record_error(err.kind);
+            for pipeline in &self.pipelines {
+                self.status.set_error(pipeline, &err.to_string());
+            }
+            // what was committed before the failure is still good: make it
+            // durable now (without acknowledging; the next connection does)
+            writer.abandon_open();
+            if err.class() == ErrorClass::Transient {
+                if let Err(flush_err) = writer.flush().await {
+                    error!(error = %flush_err, "change log flush failed; capture stops without acknowledging");
+                    self.halt(&ConnectorError::from(flush_err));
+                    return;
+                }
+                let delay = retry.next_delay();
+                self.metrics.retries.inc();
+                warn!(error = %err, attempt = retry.attempts(), delay_ms = delay.as_millis() as u64, "capture failed, retrying");
+                if sleep_or_stop(delay, &mut shutdown).await {
+                    return;
+                }
+            } else {
+                error!(error = %err, "capture stopped");
+                self.halt(&err);
+                return;
+            }
+        }
+    }
+
+    fn halt(&self, err: &ConnectorError) {
+        for pipeline in &self.pipelines {
+            self.status
+                .set_state(pipeline, PipelineState::Halted, Some(&err.to_string()));
+        }
+    }
+
+    async fn capture_once(
+        &self,
+        writer: &mut LogWriter,
+        shutdown: &mut watch::Receiver<bool>,
+        retry: &mut RetryPolicy,
+    ) -> Result<(), ConnectorError> {
+        let config = source_config(&self.store, &self.config, self.tables.clone())?;
+        let resume = writer.resume_position();
+        let mut source = match &self.config {
+            StoreConfig::Postgres(_) => {
+                AnySource::Postgres(PgSource::connect(config, resume.clone()).await?)
+            }
+            StoreConfig::Mysql(_) => unreachable!("source_config rejects MySQL sources"),
+        };
+        info!(resume = %resume.as_ref().map_or("slot".to_string(), |p| p.to_string()), "capturing");
+        retry.reset();
+        let mut observer = StoreObserver {
+            metrics: &self.metrics,
+            status: &self.status,
+            pipelines: &self.pipelines,
+        };
+        capture::capture(&mut source, writer, &mut observer, shutdown).await
+    }
+}
+
+struct ApplyWorker {
+    pipeline: PipelineConfig,
+    from: StoreConfig,
+    to: StoreConfig,
+    log: ChangeLog,
+    metrics: PipelineMetrics,
+    status: Arc<AgentStatus>,
+}
+
+struct PipelineObserver<'a> {
+    name: &'a str,
+    metrics: &'a PipelineMetrics,
+    status: &'a AgentStatus,
+}
+
+impl ApplyObserver for PipelineObserver<'_> {
+    fn applied(&mut self, batch: &AppliedBatch) {
+        let now = now_micros();
+        for (_, txn) in batch.transactions {
+            self.metrics
+                .record_applied_transaction(txn.events, txn.commit_time_micros, now);
+        }
+        self.metrics
+            .apply_batch_duration
+            .observe(batch.duration.as_secs_f64());
+        self.status
+            .set_applied_position(self.name, &batch.checkpoint.to_string());
+    }
+
+    fn pending(&mut self, pending: &Pending) {
+        let lag = pending
+            .oldest_commit_micros
+            .map_or(0.0, |oldest| (now_micros() - oldest).max(0) as f64 / 1e6);
+        self.metrics.lag_seconds.set(lag);
+        self.metrics.log_pending_events.set(pending.events as i64);
+        self.status.set_pending(self.name, pending.events, lag);
+    }
+}
+
+impl ApplyWorker {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut retry = RetryPolicy::default();
+        loop {
+            if crate::shutdown::is_requested(&shutdown) {
+                self.status
+                    .set_state(&self.pipeline.name, PipelineState::Stopped, None);
+                return;
+            }
+            let err = match self.apply_once(&mut shutdown, &mut retry).await {
+                Ok(()) => {
+                    self.status
+                        .set_state(&self.pipeline.name, PipelineState::Stopped, None);
+                    return;
+                }
+                Err(err) => err,
+            };
+            self.metrics.record_error(err.kind);
+            if err.class() == ErrorClass::Transient {
+                let delay = retry.next_delay();
+                self.metrics.retries.inc();
+                warn!(error = %err, attempt = retry.attempts(), delay_ms = delay.as_millis() as u64, "apply failed, retrying");
+                self.status.set_state(
+                    &self.pipeline.name,
+                    PipelineState::Retrying,
+                    Some(&err.to_string()),
+                );
+                if sleep_or_stop(delay, &mut shutdown).await {
+                    continue;
+                }
+            } else {
+                // dead-lettering is not built yet: a permanent failure halts
+                // the pipeline whatever `on_error` says, so nothing is skipped
+                let _ = OnError::DeadLetter;
+                error!(error = %err, "pipeline halted");
+                self.status.set_state(
+                    &self.pipeline.name,
+                    PipelineState::Halted,
+                    Some(&err.to_string()),
+                );
+                crate::shutdown::requested(&mut shutdown).await;
+                return;
+            }
+        }
+    }
+
+    async fn apply_once(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        retry: &mut RetryPolicy,
+    ) -> Result<(), ConnectorError> {
+        let config = sink_config(&self.pipeline, &self.from, &self.to)?;
+        let mut sink = AnySink::Mysql(MySqlSink::connect(config).await?);
+        let mut reader = self.log.reader(&self.pipeline.from, &self.pipeline.name)?;
+        retry.reset();
+        self.status
+            .set_state(&self.pipeline.name, PipelineState::Streaming, None);
+        info!("applying");
+        let mut observer = PipelineObserver {
+            name: &self.pipeline.name,
+            metrics: &self.metrics,
+            status: &self.status,
+        };
+        apply::apply(
+            &mut sink,
+            &mut reader,
+            self.pipeline.max_batch_events as u64,
+            &mut observer,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// `callosum status`: asks the running agent over its HTTP listener.
+pub async fn print_status(config: &Config) -> anyhow::Result<()> {
+    let body = crate::http::fetch_status(config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the agent on {} ([http] listen); is `callosum run` running?",
+                config.http.listen
+            )
+        })?;
+    print!("{}", crate::http::format_status(&body));
+    Ok(())
+}

@@ -1,1 +1,126 @@
-//! check
+//! `callosum check`: validates the config (done by loading it), connects to
+//! every store and lists every missing prerequisite with its fix.
+
+use callosum_api::{CheckProblem, ConnectorError, TableId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::ExitCode;
+
+use crate::agent::{sink_config, source_config};
+use crate::config::{Config, StoreConfig};
+
+/// Runs the check and prints the result: exit 0 when nothing is wrong, 1
+/// listing every problem otherwise.
+pub async fn run(config: &Config) -> ExitCode {
+    let problems = problems(config).await;
+    if problems.is_empty() {
+        println!(
+            "ok: {} store(s) and {} pipeline(s) are ready to replicate",
+            config.stores.len(),
+            config.pipelines.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("{} problem(s) found:\n", problems.len());
+    for problem in &problems {
+        println!("{problem}\n");
+    }
+    ExitCode::FAILURE
+}
+
+/// Every problem of every store and pipeline; never stops at the first.
+pub async fn problems(config: &Config) -> Vec<CheckProblem> {
+    let mut problems = Vec::new();
+    let mut tables_by_store: BTreeMap<&str, BTreeSet<TableId>> = BTreeMap::new();
+    for pipeline in &config.pipelines {
+        tables_by_store
+            .entry(pipeline.from.as_str())
+            .or_default()
+            .extend(pipeline.source_tables(&config.stores[&pipeline.from]));
+    }
+    let mut source_columns: BTreeMap<&str, Vec<(TableId, Vec<String>)>> = BTreeMap::new();
+    for (store, tables) in &tables_by_store {
+        let store_config = &config.stores[*store];
+        let tables: Vec<TableId> = tables.iter().cloned().collect();
+        match source_config(store, store_config, tables.clone()) {
+            Ok(source) => {
+                match callosum_postgres::check(&source).await {
+                    Ok(found) => problems.extend(found),
+                    Err(err) => problems.push(unreachable_store(store, store_config, &err)),
+                }
+                if let Ok(columns) =
+                    postgres_columns(&source.url, source.password.as_deref(), &tables).await
+                {
+                    source_columns.insert(store, columns);
+                }
+            }
+            Err(err) => problems.push(CheckProblem {
+                store: store.to_string(),
+                problem: err.message.clone(),
+                fix: err.hint.clone().unwrap_or_default(),
+            }),
+        }
+    }
+    for pipeline in &config.pipelines {
+        let from = &config.stores[&pipeline.from];
+        let to = &config.stores[&pipeline.to];
+        match sink_config(pipeline, from, to) {
+            Ok(sink) => {
+                let columns = source_columns
+                    .get(pipeline.from.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                match callosum_mysql::check_target(&sink, &columns).await {
+                    Ok(found) => problems.extend(found),
+                    Err(err) => problems.push(unreachable_store(&pipeline.to, to, &err)),
+                }
+            }
+            Err(err) => problems.push(CheckProblem {
+                store: pipeline.to.clone(),
+                problem: err.message.clone(),
+                fix: err.hint.clone().unwrap_or_default(),
+            }),
+        }
+    }
+    // one problem per unreachable store is enough
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert((p.store.clone(), p.problem.clone())));
+    problems
+}
+
+fn unreachable_store(name: &str, store: &StoreConfig, err: &ConnectorError) -> CheckProblem {
+    CheckProblem {
+        store: name.to_string(),
+        problem: format!("cannot check {} at {}: {err}", store.kind(), store.redacted_url()),
+        fix: err.hint.clone().unwrap_or_else(|| {
+            "check that the server is running, the url and password are right, and the user may connect".to_string()
+        }),
+    }
+}
+
+/// The column names of the captured tables, for the target's column check.
+async fn postgres_columns(
+    url: &str,
+    password: Option<&str>,
+    tables: &[TableId],
+) -> Result<Vec<(TableId, Vec<String>)>, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if let Some(password) = password {
+        config.password(password);
+    }
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let mut out = Vec::new();
+    for table in tables {
+        let rows = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                  WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&table.namespace, &table.name],
+            )
+            .await?;
+        if !rows.is_empty() {
+            out.push((table.clone(), rows.iter().map(|r| r.get(0)).collect()));
+        }
+    }
+    Ok(out)
+}

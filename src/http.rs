@@ -1,1 +1,648 @@
-//! http
+//! The agent's HTTP endpoint on `[http] listen`:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | every metric, Prometheus text format (`text/plain; version=0.0.4`) |
+//! | `GET /healthz` | `200 ok` while the process runs |
+//! | `GET /readyz` | `200 ready` when every pipeline is streaming, else `503` with one reason per line |
+//! | `GET /status` | JSON [`StatusReport`]: per pipeline state, positions, lag, pending events, dead letters, last error |
+//!
+//! [`AgentStatus`] is the shared state the pipelines update and `/status`
+//! and `/readyz` read; `callosum status` fetches `/status` and deserializes
+//! the same [`StatusReport`].
+
+use crate::metrics::Metrics;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Content type of `/metrics`: the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Where a pipeline is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineState {
+    /// Connecting, reading its checkpoint, catching up to the log.
+    #[default]
+    Starting,
+    /// Applying changes as they come (possibly with a backlog).
+    Streaming,
+    /// Backing off after a transient error; `last_error` says which.
+    Retrying,
+    /// Stopped by a permanent error with `on_error = "halt"`; needs the
+    /// operator.
+    Halted,
+    /// Stopped on shutdown.
+    Stopped,
+}
+
+impl PipelineState {
+    /// The lowercase name used in JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineState::Starting => "starting",
+            PipelineState::Streaming => "streaming",
+            PipelineState::Retrying => "retrying",
+            PipelineState::Halted => "halted",
+            PipelineState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for PipelineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `/status` shows about one pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    pub state: PipelineState,
+    /// Newest source position durably in the change log (display form).
+    pub source_position: Option<String>,
+    /// Position of the last transaction committed in the target (the
+    /// checkpoint), display form.
+    pub applied_position: Option<String>,
+    /// Age of the oldest committed change not yet applied; 0 when caught up.
+    pub lag_seconds: f64,
+    /// Events in the change log not yet applied.
+    pub pending_events: u64,
+    /// Transactions in the dead-letter queue.
+    pub dead_letters: u64,
+    /// The last error, operator-facing (what, why, how to fix); cleared
+    /// when the pipeline streams again.
+    pub last_error: Option<String>,
+}
+
+/// The body of `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Pipelines by name.
+    pub pipelines: BTreeMap<String, PipelineStatus>,
+}
+
+/// Shared, updatable state of every pipeline. Cheap to read and update
+/// (short critical sections, never held across an `.await`).
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    pipelines: RwLock<BTreeMap<String, PipelineStatus>>,
+}
+
+impl AgentStatus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds pipeline `name` in state `starting` (keeps it if present).
+    pub fn register(&self, name: &str) {
+        self.write().entry(name.to_owned()).or_default();
+    }
+
+    /// Changes pipeline `name`'s status with `f`, registering it first if
+    /// needed.
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut PipelineStatus)) {
+        f(self.write().entry(name.to_owned()).or_default());
+    }
+
+    /// Sets pipeline `name`'s state. `Some(error)` records it as
+    /// `last_error`; `None` keeps the last error, except that entering
+    /// `streaming` clears it.
+    pub fn set_state(&self, name: &str, state: PipelineState, error: Option<&str>) {
+        self.update(name, |s| {
+            s.state = state;
+            match error {
+                Some(error) => s.last_error = Some(error.to_owned()),
+                None if state == PipelineState::Streaming => s.last_error = None,
+                None => {}
+            }
+        });
+    }
+
+    /// Records `error` as pipeline `name`'s last error without changing its
+    /// state (for example a capture error of its source store).
+    pub fn set_error(&self, name: &str, error: &str) {
+        self.update(name, |s| s.last_error = Some(error.to_owned()));
+    }
+
+    /// Sets the newest source position durably in the change log.
+    pub fn set_source_position(&self, name: &str, position: &str) {
+        self.update(name, |s| s.source_position = Some(position.to_owned()));
+    }
+
+    /// Sets the position of the last transaction committed in the target.
+    pub fn set_applied_position(&self, name: &str, position: &str) {
+        self.update(name, |s| s.applied_position = Some(position.to_owned()));
+    }
+
+    /// Sets the backlog: events not yet applied and the lag in seconds.
+    pub fn set_pending(&self, name: &str, pending_events: u64, lag_seconds: f64) {
+        self.update(name, |s| {
+            s.pending_events = pending_events;
+            s.lag_seconds = lag_seconds;
+        });
+    }
+
+    /// Sets the number of transactions in the dead-letter queue.
+    pub fn set_dead_letters(&self, name: &str, dead_letters: u64) {
+        self.update(name, |s| s.dead_letters = dead_letters);
+    }
+
+    /// The status of pipeline `name`.
+    pub fn get(&self, name: &str) -> Option<PipelineStatus> {
+        self.read().get(name).cloned()
+    }
+
+    /// A copy of every pipeline's status.
+    pub fn snapshot(&self) -> StatusReport {
+        StatusReport {
+            pipelines: self.read().clone(),
+        }
+    }
+
+    /// `Ok` when there is at least one pipeline and every pipeline is
+    /// streaming; otherwise one reason per pipeline that is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let pipelines = self.read();
+        if pipelines.is_empty() {
+            return Err(vec!["no pipeline is running yet".to_owned()]);
+        }
+        let reasons: Vec<String> = pipelines
+            .iter()
+            .filter(|(_, s)| s.state != PipelineState::Streaming)
+            .map(|(name, s)| match &s.last_error {
+                Some(err) => format!("pipeline {name} is {}: {err}", s.state),
+                None => format!("pipeline {name} is {}", s.state),
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, PipelineStatus>> {
+        // A panic while holding the lock leaves plain data behind: keep
+        // serving it.
+        self.pipelines.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, PipelineStatus>> {
+        self.pipelines.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    status: Arc<AgentStatus>,
+}
+
+/// The endpoint's routes, for [`serve`] or for embedding in another server.
+pub fn router(metrics: Arc<Metrics>, status: Arc<AgentStatus>) -> Router {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(get_healthz))
+        .route("/readyz", get(get_readyz))
+        .route("/status", get(get_status))
+        .with_state(AppState { metrics, status })
+}
+
+/// Serves the endpoint on `listener` until `shutdown` completes, then
+/// finishes the requests in flight and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    status: Arc<AgentStatus>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "http endpoint listening");
+    }
+    axum::serve(listener, router(metrics, status))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How long [`fetch_status`] waits for the agent (connect, request and
+/// answer together).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why [`fetch_status`] could not get the status of a running agent.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchStatusError {
+    #[error("cannot connect to {addr}: {error}")]
+    Connect { addr: SocketAddr, error: io::Error },
+    #[error("no answer from {addr} within {} s", FETCH_TIMEOUT.as_secs())]
+    Timeout { addr: SocketAddr },
+    #[error("request to {addr} failed: {error}")]
+    Io { addr: SocketAddr, error: io::Error },
+    #[error("{addr} answered HTTP {status}: {body}")]
+    Status {
+        addr: SocketAddr,
+        status: u16,
+        body: String,
+    },
+    #[error("{addr} sent a malformed answer: {reason}")]
+    Malformed { addr: SocketAddr, reason: String },
+}
+
+/// A raw HTTP answer: status code, lowercased head, decoded body.
+struct RawReply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Fetches `/status` from the agent listening on `listen` (`[http] listen`;
+/// an unspecified address such as `0.0.0.0` is reached on loopback).
+pub async fn fetch_status(listen: SocketAddr) -> Result<StatusReport, FetchStatusError> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let reply = tokio::time::timeout(FETCH_TIMEOUT, http_get(addr, "/status"))
+        .await
+        .map_err(|_| FetchStatusError::Timeout { addr })??;
+    if reply.status != 200 {
+        return Err(FetchStatusError::Status {
+            addr,
+            status: reply.status,
+            body: String::from_utf8_lossy(&reply.body).trim().to_owned(),
+        });
+    }
+    if !reply.head.contains("content-type: application/json") {
+        return Err(FetchStatusError::Malformed {
+            addr,
+            reason: "the answer is not JSON; is a callosum agent listening there?".to_owned(),
+        });
+    }
+    serde_json::from_slice(&reply.body).map_err(|err| FetchStatusError::Malformed {
+        addr,
+        reason: format!("status is not the expected JSON: {err}"),
+    })
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`: enough for the agent's
+/// own endpoint without an HTTP client dependency.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<RawReply, FetchStatusError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|error| FetchStatusError::Connect { addr, error })?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    let io_err = |error| FetchStatusError::Io { addr, error };
+    stream.write_all(request.as_bytes()).await.map_err(io_err)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.map_err(io_err)?;
+    let malformed = |reason: &str| FetchStatusError::Malformed {
+        addr,
+        reason: reason.to_owned(),
+    };
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| malformed("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| malformed("no status code"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = decode_chunked(&body).ok_or_else(|| malformed("bad chunked encoding"))?;
+    }
+    Ok(RawReply { status, head, body })
+}
+
+/// Decodes an HTTP/1.1 chunked body; `None` if it is malformed.
+fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// `report` as the table `callosum status` prints: one row per pipeline,
+/// then its last error, if any, indented below.
+pub fn format_status(report: &StatusReport) -> String {
+    if report.pipelines.is_empty() {
+        return "no pipelines\n".to_owned();
+    }
+    let header = [
+        "PIPELINE",
+        "STATE",
+        "SOURCE POSITION",
+        "APPLIED POSITION",
+        "LAG",
+        "PENDING",
+        "DEAD LETTERS",
+    ];
+    let rows: Vec<[String; 7]> = report
+        .pipelines
+        .iter()
+        .map(|(name, s)| {
+            [
+                name.clone(),
+                s.state.to_string(),
+                s.source_position.clone().unwrap_or_else(|| "-".to_owned()),
+                s.applied_position.clone().unwrap_or_else(|| "-".to_owned()),
+                format!("{:.3}s", s.lag_seconds),
+                s.pending_events.to_string(),
+                s.dead_letters.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let format_row = |cells: &[&str]| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        line.push('\n');
+        line
+    };
+    let mut out = format_row(&header);
+    for (row, status) in rows.iter().zip(report.pipelines.values()) {
+        out.push_str(&format_row(&row.each_ref().map(String::as_str)));
+        if let Some(err) = &status.last_error {
+            out.push_str(&format!("    last error: {err}\n"));
+        }
+    }
+    out
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+async fn get_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn get_healthz() -> Response {
+    ([(header::CONTENT_TYPE, TEXT_PLAIN)], "ok\n").into_response()
+}
+
+async fn get_readyz(State(state): State<AppState>) -> Response {
+    match state.status.readiness() {
+        Ok(()) => ([(header::CONTENT_TYPE, TEXT_PLAIN)], "ready\n").into_response(),
+        Err(reasons) => {
+            let mut body = reasons.join("\n");
+            body.push('\n');
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, TEXT_PLAIN)],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn get_status(State(state): State<AppState>) -> Response {
+    match serde_json::to_string_pretty(&state.status.snapshot()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(err) => {
+            // Only a non-finite lag could fail to serialize.
+            tracing::error!(error = %err, "failed to serialize status");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, TEXT_PLAIN)],
+                format!("failed to serialize status: {err}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    struct Reply {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> Reply {
+        let raw = http_get(addr, path).await.unwrap();
+        Reply {
+            status: raw.status,
+            headers: raw.head,
+            body: String::from_utf8(raw.body).unwrap(),
+        }
+    }
+
+    async fn start() -> (
+        SocketAddr,
+        Arc<Metrics>,
+        Arc<AgentStatus>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let status = Arc::new(AgentStatus::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), status.clone(), async {
+            let _ = stopped.await;
+        }));
+        (addr, metrics, status, stop, server)
+    }
+
+    #[tokio::test]
+    async fn healthz_and_metrics() {
+        let (addr, metrics, _status, stop, server) = start().await;
+        let reply = get(addr, "/healthz").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "ok\n");
+
+        metrics.pipeline("crm_to_erp").applied_events.inc_by(5);
+        let reply = get(addr, "/metrics").await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .headers
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{}",
+            reply.headers
+        );
+        assert!(
+            reply
+                .body
+                .contains("callosum_applied_events_total{pipeline=\"crm_to_erp\"} 5"),
+            "{}",
+            reply.body
+        );
+
+        assert_eq!(get(addr, "/nope").await.status, 404);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_pipeline_states() {
+        let (addr, _metrics, status, stop, server) = start().await;
+        let reply = get(addr, "/readyz").await;
+        assert_eq!(reply.status, 503);
+        assert!(reply.body.contains("no pipeline"), "{}", reply.body);
+
+        status.register("a");
+        status.set_state("b", PipelineState::Streaming, None);
+        status.set_state("c", PipelineState::Retrying, Some("connection refused"));
+        let reply = get(addr, "/readyz").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.body,
+            "pipeline a is starting\npipeline c is retrying: connection refused\n"
+        );
+
+        status.set_state("a", PipelineState::Streaming, None);
+        status.set_state("c", PipelineState::Streaming, None);
+        let reply = get(addr, "/readyz").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "ready\n");
+        assert_eq!(status.get("c").unwrap().last_error, None);
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_is_json_that_round_trips() {
+        let (addr, _metrics, status, stop, server) = start().await;
+        status.set_state("crm_to_erp", PipelineState::Streaming, None);
+        status.set_source_position("crm_to_erp", "0/16B3748");
+        status.set_applied_position("crm_to_erp", "0/16B3700");
+        status.set_pending("crm_to_erp", 12, 0.25);
+        status.set_dead_letters("crm_to_erp", 1);
+        status.set_state("erp_to_crm", PipelineState::Halted, Some("duplicate key"));
+        let reply = get(addr, "/status").await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.headers.contains("content-type: application/json"));
+        let report: StatusReport = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(report, status.snapshot());
+        let p = &report.pipelines["crm_to_erp"];
+        assert_eq!(p.state, PipelineState::Streaming);
+        assert_eq!(p.pending_events, 12);
+        assert_eq!(
+            report.pipelines["erp_to_crm"].last_error.as_deref(),
+            Some("duplicate key")
+        );
+        let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(json["pipelines"]["erp_to_crm"]["state"], "halted");
+        assert_eq!(json["pipelines"]["crm_to_erp"]["lag_seconds"], 0.25);
+
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn fetch_status_reads_the_running_agent() {
+        let (addr, _metrics, status, stop, server) = start().await;
+        status.set_state(
+            "crm_to_erp",
+            PipelineState::Retrying,
+            Some("connection refused"),
+        );
+        status.set_pending("crm_to_erp", 3, 1.5);
+        let report = fetch_status(addr).await.unwrap();
+        assert_eq!(report, status.snapshot());
+        // `[http] listen = "0.0.0.0:<port>"` is reached on loopback
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+        assert_eq!(fetch_status(unspecified).await.unwrap(), report);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+        let err = fetch_status(addr).await.unwrap_err();
+        assert!(matches!(err, FetchStatusError::Connect { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .starts_with(&format!("cannot connect to {addr}")));
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        assert_eq!(
+            decode_chunked(b"4\r\nWiki\r\n6;ext=1\r\npedia \r\n0\r\n\r\n").as_deref(),
+            Some(&b"Wikipedia "[..])
+        );
+        assert_eq!(decode_chunked(b"zz\r\n"), None);
+        assert_eq!(decode_chunked(b"10\r\nshort\r\n"), None);
+    }
+
+    #[test]
+    fn format_status_prints_a_table() {
+        assert_eq!(format_status(&StatusReport::default()), "no pipelines\n");
+        let status = AgentStatus::new();
+        status.set_state("crm_to_erp", PipelineState::Streaming, None);
+        status.set_source_position("crm_to_erp", "0/16B3748");
+        status.set_applied_position("crm_to_erp", "0/16B3700");
+        status.set_pending("crm_to_erp", 12, 0.25);
+        status.set_state("erp_to_crm", PipelineState::Halted, Some("duplicate key"));
+        let text = format_status(&status.snapshot());
+        let expected = "\
+PIPELINE    STATE      SOURCE POSITION  APPLIED POSITION  LAG     PENDING  DEAD LETTERS
+crm_to_erp  streaming  0/16B3748        0/16B3700         0.250s  12       0
+erp_to_crm  halted     -                -                 0.000s  0        0
+    last error: duplicate key
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn states_serialize_lowercase() {
+        for state in [
+            PipelineState::Starting,
+            PipelineState::Streaming,
+            PipelineState::Retrying,
+            PipelineState::Halted,
+            PipelineState::Stopped,
+        ] {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{state}\""));
+            assert_eq!(serde_json::from_str::<PipelineState>(&json).unwrap(), state);
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! MariaDB/MySQL. See ARCHITECTURE.md for the code map and invariants.
 
 pub mod agent;
-pub mod capture;
 pub mod apply;
+pub mod capture;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -11,4 +11,6 @@ pub mod demo;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod retry;
+pub mod shutdown;
 pub mod testkit;

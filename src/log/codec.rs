@@ -97,7 +97,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LogError> {
     Ok(out)
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, LogError> {
+pub fn decode<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, LogError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, rest)) => {
             bincode::deserialize(rest).map_err(|_| LogError::Corrupt(what))

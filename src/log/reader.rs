@@ -125,7 +125,11 @@ impl LogReader {
         let durable = *self.durable.borrow();
         let mut out = Vec::new();
         let mut events = 0u64;
-        for entry in self.store.txns.range(seq_key(self.next_seq)..seq_key(durable)) {
+        for entry in self
+            .store
+            .txns
+            .range(seq_key(self.next_seq)..seq_key(durable))
+        {
             let (key, value) = entry?;
             let txn: TxnRecord = codec::decode(&value, "transaction record")?;
             if !out.is_empty() && events + txn.events > max_events {
@@ -180,7 +184,9 @@ impl LogReader {
             .store
             .records
             .get(seq_key(key))?
-            .ok_or(LogError::Corrupt("a transaction refers to a missing record batch"))?;
+            .ok_or(LogError::Corrupt(
+                "a transaction refers to a missing record batch",
+            ))?;
         let batch = Arc::new(codec::decode_batch(&bytes)?);
         self.cached_batch = Some((key, batch.clone()));
         Ok(batch)

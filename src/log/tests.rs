@@ -1,5 +1,7 @@
 use super::*;
-use callosum_api::{ChangeEvent, ColumnSchema, Lsn, RowChange, TableId, TableSchema, TransactionMeta, Value};
+use callosum_api::{
+    ChangeEvent, ColumnSchema, Lsn, RowChange, TableId, TableSchema, TransactionMeta, Value,
+};
 
 fn schema() -> Arc<TableSchema> {
     Arc::new(TableSchema {
@@ -29,7 +31,12 @@ fn meta(lsn: u64) -> TransactionMeta {
     }
 }
 
-fn write_txn(writer: &mut LogWriter, schema: &Arc<TableSchema>, lsn: u64, ids: std::ops::Range<i64>) {
+fn write_txn(
+    writer: &mut LogWriter,
+    schema: &Arc<TableSchema>,
+    lsn: u64,
+    ids: std::ops::Range<i64>,
+) {
     writer.begin();
     for id in ids {
         writer.append(event(schema, id)).unwrap();
@@ -75,7 +82,10 @@ async fn transactions_become_visible_only_when_flushed() {
     assert!(reader.peek_transactions(100).unwrap().is_empty());
     let ack = writer.flush().await.unwrap();
     assert_eq!(ack, Some(Position::Pg(Lsn(11))));
-    assert_eq!(read_all(&mut reader), vec![(Position::Pg(Lsn(10)), vec![0, 1, 2])]);
+    assert_eq!(
+        read_all(&mut reader),
+        vec![(Position::Pg(Lsn(10)), vec![0, 1, 2])]
+    );
 }
 
 #[tokio::test]
@@ -119,7 +129,11 @@ async fn reading_in_chunks_equals_reading_whole() {
     let mut reader = log.reader("crm", "p").unwrap();
     reader.seek_after(Some(&Position::Pg(Lsn(10)))).unwrap();
     let txns = reader.peek_transactions(10).unwrap();
-    assert_eq!(txns.len(), 1, "a transaction larger than the limit still comes alone");
+    assert_eq!(
+        txns.len(),
+        1,
+        "a transaction larger than the limit still comes alone"
+    );
     let txn = &txns[0].1;
     let mut chunked = Vec::new();
     let mut skip = 0;
@@ -195,7 +209,10 @@ async fn seek_skips_applied_and_truncation_detects_gaps() {
         Err(LogError::Gap { .. })
     ));
     assert!(late.seek_after(Some(&Position::Pg(Lsn(30)))).is_ok());
-    assert_eq!(read_all(&mut late), vec![(Position::Pg(Lsn(40)), vec![0, 1, 2, 3])]);
+    assert_eq!(
+        read_all(&mut late),
+        vec![(Position::Pg(Lsn(40)), vec![0, 1, 2, 3])]
+    );
 }
 
 #[tokio::test]

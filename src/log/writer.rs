@@ -159,6 +159,12 @@ impl LogWriter {
         self.progress = Some(resume_position);
     }
 
+    /// Drops the open transaction without recording progress: the source
+    /// connection broke and the transaction will be sent again.
+    pub fn abandon_open(&mut self) {
+        self.drop_open();
+    }
+
     /// Records that the source has nothing more up to `position`.
     pub fn progress(&mut self, position: Position) {
         if self.open.is_none() {

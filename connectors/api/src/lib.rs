@@ -8,6 +8,7 @@
 //! contract lives with the log itself in the agent crate, since only the agent
 //! touches sled.
 
+pub mod batch;
 mod error;
 mod position;
 mod value;
@@ -147,7 +148,9 @@ pub enum SourceMessage {
     /// The transaction begun last is discarded (for example Callosum's own
     /// write, recognised by a change to [`CHECKPOINT_TABLE`], or a
     /// transaction the log already holds). Nothing of it reaches the log.
-    Discard { resume_position: Position },
+    Discard {
+        resume_position: Position,
+    },
     /// Nothing is in flight and the store's stream has advanced to this
     /// position with nothing for us (idle captured tables): once every
     /// earlier transaction is durable, the source may acknowledge it.
@@ -227,6 +230,10 @@ pub struct CheckProblem {
 
 impl fmt::Display for CheckProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {}\n    fix: {}", self.store, self.problem, self.fix)
+        write!(
+            f,
+            "[{}] {}\n    fix: {}",
+            self.store, self.problem, self.fix
+        )
     }
 }

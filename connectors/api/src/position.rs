@@ -47,7 +47,11 @@ pub enum Position {
     Binlog { file: String, offset: u64 },
     /// MariaDB GTID `domain-server-sequence`. Ordered by domain, then
     /// sequence (server id does not order).
-    MariaGtid { domain: u32, server: u32, sequence: u64 },
+    MariaGtid {
+        domain: u32,
+        server: u32,
+        sequence: u64,
+    },
 }
 
 impl Position {
@@ -68,8 +72,14 @@ impl PartialOrd for Position {
         match (self, other) {
             (Position::Pg(a), Position::Pg(b)) => Some(a.cmp(b)),
             (
-                Position::Binlog { file: fa, offset: oa },
-                Position::Binlog { file: fb, offset: ob },
+                Position::Binlog {
+                    file: fa,
+                    offset: oa,
+                },
+                Position::Binlog {
+                    file: fb,
+                    offset: ob,
+                },
             ) => {
                 let by_file = match (binlog_file_number(fa), binlog_file_number(fb)) {
                     (Some(a), Some(b)) => a.cmp(&b),
@@ -78,8 +88,16 @@ impl PartialOrd for Position {
                 Some(by_file.then(oa.cmp(ob)))
             }
             (
-                Position::MariaGtid { domain: da, sequence: sa, .. },
-                Position::MariaGtid { domain: db, sequence: sb, .. },
+                Position::MariaGtid {
+                    domain: da,
+                    sequence: sa,
+                    ..
+                },
+                Position::MariaGtid {
+                    domain: db,
+                    sequence: sb,
+                    ..
+                },
             ) => Some(da.cmp(db).then(sa.cmp(sb))),
             _ => None,
         }
@@ -91,7 +109,11 @@ impl fmt::Display for Position {
         match self {
             Position::Pg(lsn) => write!(f, "pg:{lsn}"),
             Position::Binlog { file, offset } => write!(f, "binlog:{file}:{offset}"),
-            Position::MariaGtid { domain, server, sequence } => {
+            Position::MariaGtid {
+                domain,
+                server,
+                sequence,
+            } => {
                 write!(f, "gtid:{domain}-{server}-{sequence}")
             }
         }
@@ -107,13 +129,16 @@ impl FromStr for Position {
         match kind {
             "pg" => Ok(Position::Pg(rest.parse()?)),
             "binlog" => {
-                let (file, offset) = rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| format!("invalid position `{s}`: expected binlog:FILE:OFFSET"))?;
+                let (file, offset) = rest.rsplit_once(':').ok_or_else(|| {
+                    format!("invalid position `{s}`: expected binlog:FILE:OFFSET")
+                })?;
                 let offset = offset
                     .parse()
                     .map_err(|e| format!("invalid position `{s}`: {e}"))?;
-                Ok(Position::Binlog { file: file.to_string(), offset })
+                Ok(Position::Binlog {
+                    file: file.to_string(),
+                    offset,
+                })
             }
             "gtid" => {
                 let parts: Vec<&str> = rest.split('-').collect();
@@ -146,15 +171,25 @@ mod tests {
 
     #[test]
     fn binlog_positions_order_by_file_number_then_offset() {
-        let a = Position::Binlog { file: "bin.000009".into(), offset: 900 };
-        let b = Position::Binlog { file: "bin.000010".into(), offset: 4 };
+        let a = Position::Binlog {
+            file: "bin.000009".into(),
+            offset: 900,
+        };
+        let b = Position::Binlog {
+            file: "bin.000010".into(),
+            offset: 4,
+        };
         assert!(a < b);
     }
 
     #[test]
     fn positions_of_different_kinds_do_not_compare() {
         let a = Position::Pg(Lsn(1));
-        let b = Position::MariaGtid { domain: 0, server: 1, sequence: 1 };
+        let b = Position::MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: 1,
+        };
         assert_eq!(a.partial_cmp(&b), None);
     }
 

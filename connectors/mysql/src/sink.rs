@@ -1,0 +1,932 @@
+//! The MySQL/MariaDB sink: applies planned batches with multi-row
+//! `INSERT … ON DUPLICATE KEY UPDATE` and `DELETE … IN (…)` statements over
+//! the text protocol.
+
+use crate::convert::{write_literal, write_quoted, TargetType};
+use crate::error::classify;
+use callosum_api::batch::{plan, same_schema, Step};
+use callosum_api::{
+    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
+    CHECKPOINT_TABLE,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Row};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use tracing::{debug, info, warn};
+
+/// Most rows in one statement.
+pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
+/// A statement is closed once it passes this many bytes (well under the
+/// default `max_allowed_packet` of 16 MiB; one row may still exceed it).
+pub const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// The session's `sql_mode`: strict, literal-safe (`'` is the only escape),
+/// `0` in an auto-increment column is a value, no silent engine swap.
+pub const SQL_MODE: &str =
+    "STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
+
+/// Everything the sink needs to reach its target and find its tables.
+#[derive(Clone)]
+pub struct MySqlSinkConfig {
+    /// The store's config name (used in messages).
+    pub store: String,
+    /// `mysql://user@host:port/database`; the database holds
+    /// `callosum_checkpoint`.
+    pub url: String,
+    /// Overrides the url's password when set. Never logged.
+    pub password: Option<String>,
+    /// The pipeline's name: the key of its checkpoint row.
+    pub pipeline: String,
+    /// `(source table, target table)` pairs.
+    pub tables: Vec<(TableId, TableId)>,
+}
+
+impl fmt::Debug for MySqlSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlSinkConfig")
+            .field("store", &self.store)
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pipeline", &self.pipeline)
+            .field("tables", &self.tables)
+            .finish()
+    }
+}
+
+/// The url without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A target column as the catalog describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetColumn {
+    pub name: String,
+    /// `COLUMN_TYPE`, e.g. `varchar(32)`, for messages.
+    pub column_type: String,
+    pub ty: TargetType,
+}
+
+/// A target table as the catalog describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetTable {
+    pub id: TableId,
+    pub columns: Vec<TargetColumn>,
+    /// Indexes into `columns`, in primary-key order. Empty: no primary key.
+    pub primary_key: Vec<usize>,
+}
+
+impl TargetTable {
+    fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// Reads the columns and primary key of `db.table`; `None` when the table
+/// does not exist.
+pub(crate) async fn read_table(
+    conn: &mut Conn,
+    store: &str,
+    table: &TableId,
+) -> Result<Option<TargetTable>, ConnectorError> {
+    let rows: Vec<Row> = conn
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_MAXIMUM_LENGTH, \
+             NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (&table.namespace, &table.name),
+        )
+        .await
+        .map_err(|e| classify(e, store, &format!("reading the columns of `{table}`")))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let bad_row = || {
+        ConnectorError::new(
+            ErrorKind::Protocol,
+            format!("unexpected catalog row for `{table}` in store `{store}`"),
+        )
+    };
+    let mut columns = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.get_opt(0).and_then(Result::ok).ok_or_else(bad_row)?;
+        let data_type: String = row.get_opt(1).and_then(Result::ok).ok_or_else(bad_row)?;
+        let column_type: String = row.get_opt(2).and_then(Result::ok).ok_or_else(bad_row)?;
+        let num = |i: usize| {
+            row.get_opt::<Option<u64>, _>(i)
+                .and_then(Result::ok)
+                .flatten()
+        };
+        let ty = TargetType::from_catalog(&data_type, &column_type, num(3), num(4), num(5), num(6));
+        columns.push(TargetColumn {
+            name,
+            column_type,
+            ty,
+        });
+    }
+    let pk: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+             ORDER BY ORDINAL_POSITION",
+            (&table.namespace, &table.name),
+        )
+        .await
+        .map_err(|e| classify(e, store, &format!("reading the primary key of `{table}`")))?;
+    let primary_key = pk
+        .iter()
+        .filter_map(|name| columns.iter().position(|c| &c.name == name))
+        .collect();
+    Ok(Some(TargetTable {
+        id: table.clone(),
+        columns,
+        primary_key,
+    }))
+}
+
+/// Opens a connection with the sink's session settings.
+pub(crate) async fn open(config: &MySqlSinkConfig) -> Result<(Conn, String), ConnectorError> {
+    let store = &config.store;
+    let opts = Opts::from_url(&config.url).map_err(|_| {
+        ConnectorError::new(
+            ErrorKind::Config,
+            format!("the url of store `{store}` is not a valid mysql url"),
+        )
+        .with_hint("expected mysql://user@host:port/database")
+    })?;
+    let Some(database) = opts.db_name().map(str::to_string) else {
+        return Err(ConnectorError::new(
+            ErrorKind::Config,
+            format!("the url of store `{store}` names no database"),
+        )
+        .with_hint("add the database to the url: mysql://user@host:port/database"));
+    };
+    let mut builder = OptsBuilder::from_opts(opts);
+    if let Some(password) = &config.password {
+        builder = builder.pass(Some(password.clone()));
+    }
+    let mut conn = Conn::new(builder)
+        .await
+        .map_err(|e| classify(e, store, "connecting"))?;
+    // foreign_key_checks=0: the source already enforced its foreign keys, and
+    // a batch is applied as its net effect, whose order may differ from the
+    // source's statement order. unique_checks stays on.
+    conn.query_drop(format!(
+        "SET time_zone = '+00:00', sql_mode = '{SQL_MODE}', foreign_key_checks = 0"
+    ))
+    .await
+    .map_err(|e| classify(e, store, "setting up the session"))?;
+    Ok((conn, database))
+}
+
+/// Appends `` `name` `` with backticks doubled.
+pub(crate) fn push_ident(out: &mut String, name: &str) {
+    out.push('`');
+    for c in name.chars() {
+        if c == '`' {
+            out.push('`');
+        }
+        out.push(c);
+    }
+    out.push('`');
+}
+
+pub(crate) fn push_table(out: &mut String, table: &TableId) {
+    push_ident(out, &table.namespace);
+    out.push('.');
+    push_ident(out, &table.name);
+}
+
+/// How one source schema maps onto its target table.
+#[derive(Debug)]
+struct ColumnMap {
+    schema: Arc<TableSchema>,
+    /// Target column index per source column.
+    target: Vec<usize>,
+    /// Source column index per target primary-key column.
+    key_sources: Vec<usize>,
+}
+
+/// A sink that applies whole source transactions to a MySQL or MariaDB
+/// database exactly once.
+///
+/// Guarantees (beyond [`Sink`]'s):
+/// - the session runs with `time_zone = '+00:00'` (timestamps are stored as
+///   UTC), strict `sql_mode` and `foreign_key_checks = 0` (the source
+///   enforced its keys; batches apply as net effect);
+/// - values are converted to each target column's type from the catalog; a
+///   value the column cannot hold is a `Conversion` error naming store,
+///   table, column, target type and source type, never the value;
+/// - a truncate is applied as `DELETE FROM`, which (unlike `TRUNCATE`) stays
+///   inside the target transaction;
+/// - after any error inside a transaction the sink rolls it back; after a
+///   `Connection` error the caller reconnects with [`MySqlSink::connect`].
+pub struct MySqlSink {
+    config: MySqlSinkConfig,
+    conn: Conn,
+    database: String,
+    /// Target table per source table.
+    tables: HashMap<TableId, TargetTable>,
+    maps: HashMap<TableId, ColumnMap>,
+    /// Reused statement buffer.
+    sql: String,
+    in_transaction: bool,
+}
+
+impl fmt::Debug for MySqlSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlSink")
+            .field("config", &self.config)
+            .field("database", &self.database)
+            .field("in_transaction", &self.in_transaction)
+            .finish()
+    }
+}
+
+impl MySqlSink {
+    /// Connects, sets up the session, creates `callosum_checkpoint` in the
+    /// url's database if it is missing, and reads every target table's
+    /// columns and primary key. Fails with `Schema` when a target table is
+    /// missing or has no primary key.
+    pub async fn connect(config: MySqlSinkConfig) -> Result<MySqlSink, ConnectorError> {
+        let (mut conn, database) = open(&config).await?;
+        let store = config.store.clone();
+        let checkpoint = TableId::new(&database, CHECKPOINT_TABLE);
+        if read_table(&mut conn, &store, &checkpoint).await?.is_none() {
+            let mut ddl = String::from("CREATE TABLE IF NOT EXISTS ");
+            push_table(&mut ddl, &checkpoint);
+            ddl.push_str(
+                " (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, \
+                 source_position VARCHAR(255) NOT NULL, \
+                 applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+                 transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
+            );
+            conn.query_drop(ddl)
+                .await
+                .map_err(|e| classify(e, &store, &format!("creating `{checkpoint}`")))?;
+            info!(store = %store, table = %checkpoint, "created checkpoint table");
+        }
+        let mut tables = HashMap::new();
+        for (source, target) in &config.tables {
+            let Some(table) = read_table(&mut conn, &store, target).await? else {
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!("target table `{target}` does not exist in store `{store}`"),
+                )
+                .with_hint(format!("create `{target}` with the columns of `{source}`")));
+            };
+            if table.primary_key.is_empty() {
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!("target table `{target}` in store `{store}` has no primary key"),
+                )
+                .with_hint(format!(
+                    "add a primary key to `{target}` matching the key of `{source}`"
+                )));
+            }
+            tables.insert(source.clone(), table);
+        }
+        info!(store = %store, pipeline = %config.pipeline, tables = tables.len(), "connected to target");
+        Ok(MySqlSink {
+            config,
+            conn,
+            database,
+            tables,
+            maps: HashMap::new(),
+            sql: String::with_capacity(64 * 1024),
+            in_transaction: false,
+        })
+    }
+
+    fn checkpoint_table(&self) -> TableId {
+        TableId::new(&self.database, CHECKPOINT_TABLE)
+    }
+
+    async fn run(&mut self, doing: &str) -> Result<(), ConnectorError> {
+        let sql = std::mem::take(&mut self.sql);
+        let result = self.conn.query_drop(&sql).await;
+        self.sql = sql;
+        result.map_err(|e| classify(e, &self.config.store, doing))
+    }
+
+    /// Best-effort rollback after a failure inside a transaction.
+    async fn abort(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            if let Err(err) = self.conn.query_drop("ROLLBACK").await {
+                warn!(store = %self.config.store, error = %err, "rollback after a failed apply failed");
+            }
+        }
+    }
+
+    /// Ensures a column map for `schema` and returns its source table.
+    fn map_for(&mut self, schema: &Arc<TableSchema>) -> Result<(), ConnectorError> {
+        let source = &schema.table;
+        if let Some(map) = self.maps.get(source) {
+            if same_schema(&map.schema, schema) {
+                return Ok(());
+            }
+        }
+        let store = &self.config.store;
+        let table = self.tables.get(source).ok_or_else(|| {
+            ConnectorError::new(
+                ErrorKind::Schema,
+                format!(
+                    "table `{source}` is not configured for pipeline `{}` into store `{store}`",
+                    self.config.pipeline
+                ),
+            )
+        })?;
+        let mut target = Vec::with_capacity(schema.columns.len());
+        for column in &schema.columns {
+            let Some(i) = table.column(&column.name) else {
+                return Err(ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "column `{}` of `{source}` is missing in target table `{}` of store `{store}`",
+                        column.name, table.id
+                    ),
+                )
+                .with_hint(format!("add column `{}` to `{}`", column.name, table.id)));
+            };
+            target.push(i);
+        }
+        let mut key_sources = Vec::with_capacity(table.primary_key.len());
+        for &k in &table.primary_key {
+            let name = &table.columns[k].name;
+            match schema.column_index(name) {
+                Some(s) if schema.columns[s].is_key => key_sources.push(s),
+                _ => {
+                    return Err(ConnectorError::new(
+                        ErrorKind::Schema,
+                        format!(
+                            "primary key column `{name}` of target table `{}` in store `{store}` \
+                             is not a key column of source table `{source}`",
+                            table.id
+                        ),
+                    )
+                    .with_hint("make the target's primary key the source table's key"))
+                }
+            }
+        }
+        self.maps.insert(
+            source.clone(),
+            ColumnMap {
+                schema: schema.clone(),
+                target,
+                key_sources,
+            },
+        );
+        Ok(())
+    }
+
+    async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
+        let steps = plan(events);
+        for step in &steps {
+            self.map_for(step.schema())?;
+            let source = step.table();
+            let doing = match step {
+                Step::Truncate { .. } => "truncating",
+                Step::Delete { .. } => "deleting",
+                Step::Upsert { .. } => "upserting",
+                Step::UpdateKey { .. } => "updating a key",
+            };
+            let mut done = 0;
+            loop {
+                let (map, table) = (&self.maps[source], &self.tables[source]);
+                self.sql.clear();
+                let end =
+                    build_statement(&mut self.sql, step, done, map, table, &self.config.store)?;
+                let target = &table.id;
+                let what = format!("{doing} rows of `{target}`");
+                self.run(&what).await?;
+                done = end;
+                if done >= step.row_count() {
+                    break;
+                }
+            }
+        }
+        debug!(store = %self.config.store, events = events.len(), statements = steps.len(), "applied batch");
+        Ok(())
+    }
+}
+
+fn conversion_error(
+    store: &str,
+    table: &TargetTable,
+    target_column: usize,
+    schema: &TableSchema,
+    source_column: usize,
+    reason: &str,
+) -> ConnectorError {
+    let col = &table.columns[target_column];
+    let src = &schema.columns[source_column];
+    ConnectorError::new(
+        ErrorKind::Conversion,
+        format!(
+            "cannot write column `{}` of `{}` in store `{store}`: a value of source type {} \
+             for target type {}: {reason}",
+            col.name, table.id, src.source_type, col.column_type
+        ),
+    )
+    .with_hint(format!(
+        "widen `{}`.`{}` to hold the source's {} values, or fix the source row",
+        table.id, col.name, src.source_type
+    ))
+}
+
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    store: &str,
+    table: &TargetTable,
+    target_column: usize,
+    schema: &TableSchema,
+    source_column: usize,
+) -> Result<(), ConnectorError> {
+    write_literal(out, value, &table.columns[target_column].ty)
+        .map_err(|r| conversion_error(store, table, target_column, schema, source_column, r))
+}
+
+/// Builds the statement for `step` starting at row `from`; returns the index
+/// after the last row it holds (chunks: ≤ [`MAX_ROWS_PER_STATEMENT`] rows,
+/// closed past [`MAX_STATEMENT_BYTES`]).
+fn build_statement(
+    sql: &mut String,
+    step: &Step<'_>,
+    from: usize,
+    map: &ColumnMap,
+    table: &TargetTable,
+    store: &str,
+) -> Result<usize, ConnectorError> {
+    let schema = step.schema().as_ref();
+    match step {
+        Step::Truncate { .. } => {
+            sql.push_str("DELETE FROM ");
+            push_table(sql, &table.id);
+            Ok(1)
+        }
+        Step::Delete { keys, .. } => {
+            sql.push_str("DELETE FROM ");
+            push_table(sql, &table.id);
+            sql.push_str(" WHERE ");
+            let single = map.key_sources.len() == 1;
+            if single {
+                push_ident(sql, &table.columns[table.primary_key[0]].name);
+                sql.push_str(" IN (");
+            }
+            let mut i = from;
+            while i < keys.len()
+                && i - from < MAX_ROWS_PER_STATEMENT
+                && sql.len() < MAX_STATEMENT_BYTES
+            {
+                let key = keys[i];
+                if single {
+                    if i > from {
+                        sql.push(',');
+                    }
+                    let s = map.key_sources[0];
+                    write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
+                } else {
+                    // OR of equalities: both MariaDB and MySQL use the
+                    // primary key's range access for it.
+                    if i > from {
+                        sql.push_str(" OR ");
+                    }
+                    sql.push('(');
+                    for (n, &s) in map.key_sources.iter().enumerate() {
+                        if n > 0 {
+                            sql.push_str(" AND ");
+                        }
+                        push_ident(sql, &table.columns[map.target[s]].name);
+                        sql.push('=');
+                        write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
+                    }
+                    sql.push(')');
+                }
+                i += 1;
+            }
+            if single {
+                sql.push(')');
+            }
+            Ok(i)
+        }
+        Step::Upsert { present, rows, .. } => {
+            sql.push_str("INSERT INTO ");
+            push_table(sql, &table.id);
+            sql.push_str(" (");
+            let mut first = true;
+            for (s, _) in present.iter().enumerate().filter(|(_, p)| **p) {
+                if !first {
+                    sql.push(',');
+                }
+                first = false;
+                push_ident(sql, &table.columns[map.target[s]].name);
+            }
+            sql.push_str(") VALUES ");
+            let mut i = from;
+            while i < rows.len()
+                && i - from < MAX_ROWS_PER_STATEMENT
+                && sql.len() < MAX_STATEMENT_BYTES
+            {
+                if i > from {
+                    sql.push(',');
+                }
+                sql.push('(');
+                let mut first = true;
+                for (s, value) in rows[i].iter().enumerate() {
+                    if !present[s] {
+                        continue;
+                    }
+                    if !first {
+                        sql.push(',');
+                    }
+                    first = false;
+                    write_value(sql, value, store, table, map.target[s], schema, s)?;
+                }
+                sql.push(')');
+                i += 1;
+            }
+            sql.push_str(" ON DUPLICATE KEY UPDATE ");
+            let mut first = true;
+            for (s, _) in present.iter().enumerate().filter(|(_, p)| **p) {
+                let t = map.target[s];
+                if table.primary_key.contains(&t) {
+                    continue;
+                }
+                if !first {
+                    sql.push(',');
+                }
+                first = false;
+                push_values_assignment(sql, &table.columns[t].name);
+            }
+            if first {
+                // Only key columns: nothing to update, keep the row.
+                push_values_assignment(sql, &table.columns[table.primary_key[0]].name);
+            }
+            Ok(i)
+        }
+        Step::UpdateKey { old_key, row, .. } => {
+            sql.push_str("UPDATE ");
+            push_table(sql, &table.id);
+            sql.push_str(" SET ");
+            let mut first = true;
+            for (s, value) in row.iter().enumerate() {
+                if value.is_unchanged() {
+                    continue;
+                }
+                if !first {
+                    sql.push(',');
+                }
+                first = false;
+                push_ident(sql, &table.columns[map.target[s]].name);
+                sql.push('=');
+                write_value(sql, value, store, table, map.target[s], schema, s)?;
+            }
+            sql.push_str(" WHERE ");
+            for (n, &s) in map.key_sources.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(" AND ");
+                }
+                push_ident(sql, &table.columns[map.target[s]].name);
+                sql.push('=');
+                write_value(sql, &old_key[s], store, table, map.target[s], schema, s)?;
+            }
+            Ok(1)
+        }
+    }
+}
+
+fn push_values_assignment(sql: &mut String, name: &str) {
+    push_ident(sql, name);
+    sql.push_str("=VALUES(");
+    push_ident(sql, name);
+    sql.push(')');
+}
+
+impl Sink for MySqlSink {
+    async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
+        self.sql.clear();
+        self.sql.push_str("SELECT source_position FROM ");
+        let table = self.checkpoint_table();
+        push_table(&mut self.sql, &table);
+        self.sql.push_str(" WHERE pipeline = ");
+        write_quoted(&mut self.sql, &self.config.pipeline);
+        let sql = std::mem::take(&mut self.sql);
+        let result: Result<Option<String>, _> = self.conn.query_first(&sql).await;
+        self.sql = sql;
+        let store = &self.config.store;
+        let text = result.map_err(|e| classify(e, store, "reading the checkpoint"))?;
+        text.map(|t| {
+            t.parse::<Position>().map_err(|e| {
+                ConnectorError::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "the checkpoint of pipeline `{}` in store `{store}` is not a position: {e}",
+                        self.config.pipeline
+                    ),
+                )
+                .with_hint(format!("fix or delete the row in {CHECKPOINT_TABLE}"))
+            })
+        })
+        .transpose()
+    }
+
+    async fn begin(&mut self, checkpoint: &Position) -> Result<(), ConnectorError> {
+        if self.in_transaction {
+            self.abort().await;
+        }
+        let table = self.checkpoint_table();
+        self.sql.clear();
+        self.sql.push_str("START TRANSACTION; INSERT INTO ");
+        push_table(&mut self.sql, &table);
+        self.sql
+            .push_str(" (pipeline, source_position, applied_at, transactions) VALUES (");
+        write_quoted(&mut self.sql, &self.config.pipeline);
+        self.sql.push(',');
+        write_quoted(&mut self.sql, &checkpoint.to_string());
+        self.sql.push_str(
+            ", UTC_TIMESTAMP(6), 1) ON DUPLICATE KEY UPDATE \
+             source_position = VALUES(source_position), applied_at = VALUES(applied_at), \
+             transactions = transactions + 1",
+        );
+        self.in_transaction = true;
+        let result = self.run("writing the checkpoint").await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    async fn apply(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
+        if !self.in_transaction {
+            return Err(ConnectorError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "apply called outside a transaction for pipeline `{}`",
+                    self.config.pipeline
+                ),
+            ));
+        }
+        let result = self.apply_steps(events).await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    async fn commit(&mut self) -> Result<(), ConnectorError> {
+        self.in_transaction = false;
+        self.conn
+            .query_drop("COMMIT")
+            .await
+            .map_err(|e| classify(e, &self.config.store, "committing"))
+    }
+
+    async fn rollback(&mut self) -> Result<(), ConnectorError> {
+        self.in_transaction = false;
+        self.conn
+            .query_drop("ROLLBACK")
+            .await
+            .map_err(|e| classify(e, &self.config.store, "rolling back"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callosum_api::{ColumnSchema, RowChange};
+
+    fn target() -> TargetTable {
+        let col = |name: &str, ty: TargetType, column_type: &str| TargetColumn {
+            name: name.into(),
+            column_type: column_type.into(),
+            ty,
+        };
+        TargetTable {
+            id: TableId::new("erp", "orders"),
+            columns: vec![
+                col(
+                    "id",
+                    TargetType::Int {
+                        min: i64::MIN as i128,
+                        max: i64::MAX as i128,
+                    },
+                    "bigint(20)",
+                ),
+                col("status", TargetType::Char { max_chars: 4 }, "varchar(4)"),
+                col("note", TargetType::Text { max_bytes: 65535 }, "text"),
+            ],
+            primary_key: vec![0],
+        }
+    }
+
+    fn schema() -> Arc<TableSchema> {
+        let col = |name: &str, t: &str, is_key| ColumnSchema {
+            name: name.into(),
+            source_type: t.into(),
+            is_key,
+        };
+        Arc::new(TableSchema {
+            table: TableId::new("public", "orders"),
+            columns: vec![
+                col("id", "int8", true),
+                col("note", "text", false),
+                col("status", "varchar", false),
+            ],
+        })
+    }
+
+    fn sink_parts(schema: &Arc<TableSchema>) -> (ColumnMap, TargetTable) {
+        let map = ColumnMap {
+            schema: schema.clone(),
+            target: vec![0, 2, 1],
+            key_sources: vec![0],
+        };
+        (map, target())
+    }
+
+    fn build_all(events: &[ChangeEvent]) -> Result<Vec<String>, ConnectorError> {
+        let s = events[0].schema.clone();
+        let (map, table) = sink_parts(&s);
+        let mut out = Vec::new();
+        for step in plan(events) {
+            let mut from = 0;
+            loop {
+                let mut sql = String::new();
+                from = build_statement(&mut sql, &step, from, &map, &table, "erp")?;
+                out.push(sql);
+                if from >= step.row_count() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn ev(s: &Arc<TableSchema>, change: RowChange) -> ChangeEvent {
+        ChangeEvent {
+            schema: s.clone(),
+            change,
+        }
+    }
+
+    #[test]
+    fn builds_multi_row_upserts_and_deletes() {
+        let s = schema();
+        let r = |id, note: &str| {
+            vec![
+                Value::Int(id),
+                Value::Text(note.into()),
+                Value::Text("new".into()),
+            ]
+        };
+        let events = vec![
+            ev(&s, RowChange::Insert { row: r(1, "it's") }),
+            ev(&s, RowChange::Insert { row: r(2, "b") }),
+            ev(
+                &s,
+                RowChange::Delete {
+                    key: vec![Value::Int(3), Value::Null, Value::Null],
+                },
+            ),
+            ev(
+                &s,
+                RowChange::Delete {
+                    key: vec![Value::Int(4), Value::Null, Value::Null],
+                },
+            ),
+            ev(
+                &s,
+                RowChange::Update {
+                    old_key: None,
+                    row: vec![Value::Int(5), Value::Unchanged, Value::Text("x".into())],
+                },
+            ),
+        ];
+        let sql = build_all(&events).unwrap();
+        assert_eq!(
+            sql,
+            vec![
+                "DELETE FROM `erp`.`orders` WHERE `id` IN (3,4)".to_string(),
+                "INSERT INTO `erp`.`orders` (`id`,`note`,`status`) VALUES (1,'it''s','new'),(2,'b','new') \
+                 ON DUPLICATE KEY UPDATE `note`=VALUES(`note`),`status`=VALUES(`status`)"
+                    .to_string(),
+                "INSERT INTO `erp`.`orders` (`id`,`status`) VALUES (5,'x') \
+                 ON DUPLICATE KEY UPDATE `status`=VALUES(`status`)"
+                    .to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn builds_key_update_and_truncate() {
+        let s = schema();
+        let events = vec![ev(
+            &s,
+            RowChange::Update {
+                old_key: Some(vec![Value::Int(1), Value::Null, Value::Null]),
+                row: vec![Value::Int(2), Value::Unchanged, Value::Text("x".into())],
+            },
+        )];
+        assert_eq!(
+            build_all(&events).unwrap(),
+            vec!["UPDATE `erp`.`orders` SET `id`=2,`status`='x' WHERE `id`=1".to_string()]
+        );
+        let events = vec![ev(&s, RowChange::Truncate)];
+        assert_eq!(
+            build_all(&events).unwrap(),
+            vec!["DELETE FROM `erp`.`orders`".to_string()]
+        );
+    }
+
+    #[test]
+    fn chunks_large_steps() {
+        let s = schema();
+        let events: Vec<_> = (0..2500)
+            .map(|i| {
+                ev(
+                    &s,
+                    RowChange::Insert {
+                        row: vec![Value::Int(i), Value::Null, Value::Null],
+                    },
+                )
+            })
+            .collect();
+        let sql = build_all(&events).unwrap();
+        assert_eq!(sql.len(), 3);
+        assert!(sql[2].contains("(2499,NULL,NULL)"));
+        assert!(!sql[1].contains("(999,"));
+    }
+
+    #[test]
+    fn conversion_errors_name_the_column_but_not_the_value() {
+        let s = schema();
+        let events = vec![ev(
+            &s,
+            RowChange::Insert {
+                row: vec![
+                    Value::Int(1),
+                    Value::Null,
+                    Value::Text("secret-too-long".into()),
+                ],
+            },
+        )];
+        let err = build_all(&events).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conversion);
+        let text = err.to_string();
+        assert!(text.contains("`status`"), "{text}");
+        assert!(text.contains("erp.orders"), "{text}");
+        assert!(text.contains("varchar(4)"), "{text}");
+        assert!(text.contains("source type varchar"), "{text}");
+        assert!(text.contains("store `erp`"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn composite_keys_delete_with_or_of_equalities() {
+        let mut table = target();
+        table.primary_key = vec![0, 1];
+        let mut sch = (*schema()).clone();
+        sch.columns[2].is_key = true;
+        let s = Arc::new(sch);
+        let map = ColumnMap {
+            schema: s.clone(),
+            target: vec![0, 2, 1],
+            key_sources: vec![0, 2],
+        };
+        let keys: Vec<Vec<Value>> = vec![
+            vec![Value::Int(1), Value::Null, Value::Text("a".into())],
+            vec![Value::Int(2), Value::Null, Value::Text("b".into())],
+        ];
+        let step = Step::Delete {
+            schema: &s,
+            keys: keys.iter().map(|k| k.as_slice()).collect(),
+        };
+        let mut sql = String::new();
+        build_statement(&mut sql, &step, 0, &map, &table, "erp").unwrap();
+        assert_eq!(
+            sql,
+            "DELETE FROM `erp`.`orders` WHERE (`id`=1 AND `status`='a') OR (`id`=2 AND `status`='b')"
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("mysql://u:pw@h:3306/db"), "mysql://u@h:3306/db");
+        assert_eq!(redact_url("mysql://h:3306/db"), "mysql://h:3306/db");
+    }
+}

@@ -1,0 +1,196 @@
+//! Crash tests: the agent binary is killed with SIGKILL mid-stream and
+//! restarted; afterwards the target equals the source and the checkpoint
+//! audit proves no source transaction was applied twice.
+
+mod common;
+
+use callosum_api::Position;
+use common::MirroredTable;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+const ORDERS: MirroredTable = MirroredTable {
+    name: "orders",
+    pg_select: "id::text, customer_id::text, status, amount::text, note",
+    mysql_select: "CAST(id AS CHAR), CAST(customer_id AS CHAR), status, CAST(amount AS CHAR), note",
+    compare: &[],
+};
+
+/// Records every write of the checkpoint row, in the same target
+/// transaction (so rolled-back attempts leave nothing).
+const AUDIT_DDL: &[&str] = &[
+    "CREATE TABLE callosum_checkpoint (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL, transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
+    "CREATE TABLE checkpoint_audit (seq BIGINT AUTO_INCREMENT PRIMARY KEY, pipeline VARCHAR(255), source_position VARCHAR(255)) ENGINE=InnoDB",
+    "CREATE TRIGGER audit_insert AFTER INSERT ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position)",
+    "CREATE TRIGGER audit_update AFTER UPDATE ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position)",
+];
+
+fn spawn_agent(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_callosum"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("CALLOSUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn audit_rows(pool: &mysql_async::Pool) -> Vec<String> {
+    common::mysql_rows(
+        pool,
+        "SELECT source_position FROM checkpoint_audit ORDER BY seq",
+    )
+    .await
+    .into_iter()
+    .map(|row| row[0].clone().unwrap())
+    .collect()
+}
+
+/// Inserts, updates and deletes orders in 10-statement transactions.
+async fn write_orders(url: String, transactions: i64) {
+    let pg = common::pg_client(&url).await;
+    for t in 0..transactions {
+        let mut sql = String::from("BEGIN;");
+        for i in 0..10 {
+            let id = t * 10 + i;
+            sql += &format!(
+                "INSERT INTO orders VALUES ({id}, {}, 'new', {}.25, 'o{id}');",
+                id % 13,
+                id % 1000
+            );
+            if id % 3 == 0 && id >= 10 {
+                sql += &format!(
+                    "UPDATE orders SET status = 'paid', amount = amount + 1 WHERE id = {};",
+                    id - 10
+                );
+            }
+            if id % 7 == 0 && id >= 20 {
+                sql += &format!("DELETE FROM orders WHERE id = {};", id - 20);
+            }
+        }
+        sql += "COMMIT;";
+        pg.batch_execute(&sql).await.unwrap();
+        // paced, so that the kills fall in the middle of the stream
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
+    let db = common::fresh_databases("crash").await;
+    db.pg
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note varchar(200))")
+        .await
+        .unwrap();
+    common::mysql_exec(&db.mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200))").await;
+    for ddl in AUDIT_DDL {
+        common::mysql_exec(&db.mysql, ddl).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("callosum.toml");
+    let agent_log = dir.path().join("agent.log");
+    std::fs::write(
+        &config,
+        common::config_toml(
+            &db,
+            &dir.path().join("data"),
+            &["public.orders"],
+            "127.0.0.1:0",
+        ),
+    )
+    .unwrap();
+
+    let mut agent = spawn_agent(&config, &agent_log);
+    common::wait_for_slot(&db).await;
+    let writer = tokio::spawn(write_orders(db.pg_url.clone(), 3_000));
+
+    for kill in 1..=3 {
+        // let the agent apply a few batches since its (re)start, then kill it
+        let seen = audit_rows(&db.mysql).await.len();
+        common::wait_for(
+            &format!("the agent to apply batches before kill {kill}"),
+            Duration::from_secs(60),
+            || async { audit_rows(&db.mysql).await.len() >= seen + 3 },
+        )
+        .await;
+        agent.start_kill().unwrap();
+        let status = agent.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        agent = spawn_agent(&config, &agent_log);
+    }
+    assert!(
+        !writer.is_finished(),
+        "the kills must happen mid-stream; make the workload longer"
+    );
+    writer.await.unwrap();
+    common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
+
+    let positions: Vec<Position> = audit_rows(&db.mysql)
+        .await
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
+    assert!(positions.len() > 6);
+    for pair in positions.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "checkpoint went from {} to {}: a transaction was applied twice (agent log: {})",
+            pair[0],
+            pair[1],
+            agent_log.display()
+        );
+    }
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_with_exit_zero() {
+    let db = common::fresh_databases("sigterm").await;
+    db.pg.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note varchar(200))").await.unwrap();
+    common::mysql_exec(&db.mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200))").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("callosum.toml");
+    std::fs::write(
+        &config,
+        common::config_toml(
+            &db,
+            &dir.path().join("data"),
+            &["public.orders"],
+            "127.0.0.1:0",
+        ),
+    )
+    .unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let mut agent = spawn_agent(&config, &agent_log);
+    common::wait_for_slot(&db).await;
+    write_orders(db.pg_url.clone(), 50).await;
+    common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
+    let pid = agent.id().unwrap() as i32;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent stops within 30 s of SIGTERM")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "agent log: {}",
+        std::fs::read_to_string(&agent_log).unwrap()
+    );
+}
