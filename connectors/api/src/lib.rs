@@ -3,7 +3,7 @@
 //! Every crate of the workspace speaks in these types: a source turns a store's
 //! replication stream into [`SourceMessage`]s, the change log stores them as
 //! [`ChangeEvent`]s grouped into committed transactions, and a sink applies
-//! [`SinkTransaction`]s to its target store. The traits at each seam
+//! batches of whole transactions to its target store. The traits at each seam
 //! ([`Source`], [`Sink`]) state their guarantees in their docs; the change log's
 //! contract lives with the log itself in the agent crate, since only the agent
 //! touches sled.
