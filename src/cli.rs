@@ -48,7 +48,12 @@ enum Command {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // the demo prints its own view; its logs would drown it
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,tokio_postgres=warn,mysql_async=warn,sled=warn",
+    };
+    init_tracing(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,10 +100,10 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CALLOSUM_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn,mysql_async=warn,sled=warn"));
+    let filter =
+        EnvFilter::try_from_env("CALLOSUM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

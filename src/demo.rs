@@ -107,6 +107,20 @@ on_error = "halt"
         agent.http_addr, agent.http_addr
     );
 
+    // changes committed before the slot has a consistent point are not
+    // captured (there is no initial snapshot yet): start writing after it
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while crm
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'callosum_crm' AND confirmed_flush_lsn IS NOT NULL",
+            &[],
+        )
+        .await?
+        .is_none()
+    {
+        anyhow::ensure!(Instant::now() < ready_by, "the replication slot was not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let workload = tokio::spawn(write_workload(crm_url.clone(), rate));
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
