@@ -1,15 +1,15 @@
 //! Throwaway MariaDB servers.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
 
-use super::{process, TestkitError, READY_TIMEOUT, STOP_TIMEOUT};
+use super::process::{self, ServerProcess};
+use super::TestkitError;
 
 const SERVER: &str = "mariadb";
 
@@ -33,23 +33,19 @@ const SEARCH_DIRS: &[&str] = &[
 /// The server dies with the process, however the process ends. Servers from
 /// [`MariaDbServer::start`] are killed and their directory removed on drop.
 pub struct MariaDbServer {
-    port: u16,
+    process: ServerProcess,
     server_id: u32,
-    base_dir: PathBuf,
-    data_dir: PathBuf,
-    log_path: PathBuf,
     mariadbd: PathBuf,
     args: Vec<OsString>,
-    child: Mutex<Option<Child>>,
     shared: bool,
 }
 
 impl std::fmt::Debug for MariaDbServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MariaDbServer")
-            .field("port", &self.port)
+            .field("port", &self.port())
             .field("server_id", &self.server_id)
-            .field("data_dir", &self.data_dir)
+            .field("data_dir", &self.data_dir())
             .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
@@ -80,7 +76,7 @@ impl MariaDbServer {
 
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port
     }
 
     /// The server's `server_id` (unique among the kit's servers).
@@ -90,7 +86,7 @@ impl MariaDbServer {
 
     /// `mysql://root@127.0.0.1:PORT/DATABASE` (root, empty password, over TCP).
     pub fn url(&self, database: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port())
     }
 
     /// Creates a new, uniquely named database (its name starts with
@@ -109,30 +105,28 @@ impl MariaDbServer {
             .await
             .map_err(wrap)?;
         conn.disconnect().await.map_err(wrap)?;
-        tracing::debug!(database = %name, port = self.port, "created fresh mariadb database");
+        tracing::debug!(database = %name, port = self.port(), "created fresh mariadb database");
         Ok(self.url(&name))
     }
 
     /// The data directory (holds the binlog `mysql-bin.*` too).
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.process.data_dir
     }
 
     /// The unix socket of the server.
     pub fn socket_path(&self) -> PathBuf {
-        self.base_dir.join("mysqld.sock")
+        self.process.base_dir.join("mysqld.sock")
     }
 
     /// The server's error log.
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        &self.process.log_path
     }
 
     /// The server's pid, if it is running.
     pub fn pid(&self) -> Option<u32> {
-        let mut guard = self.lock_child();
-        let child = guard.as_mut()?;
-        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+        self.process.pid()
     }
 
     /// Whether the server process is running.
@@ -142,27 +136,13 @@ impl MariaDbServer {
 
     /// SIGKILLs the server (a crash). A no-op if it is not running.
     pub fn kill(&self) {
-        if let Some(mut child) = self.lock_child().take() {
-            tracing::debug!(port = self.port, pid = child.id(), "killing mariadb");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Clean shutdown: SIGTERM, then waits for the process to exit. A no-op
     /// if it is not running.
     pub fn stop_fast(&self) -> Result<(), TestkitError> {
-        let mut guard = self.lock_child();
-        if let Some(mut child) = guard.take() {
-            tracing::debug!(port = self.port, "stopping mariadb");
-            if !process::stop_child(&mut child, libc::SIGTERM, STOP_TIMEOUT) {
-                return Err(TestkitError::StopTimeout {
-                    server: SERVER,
-                    timeout: STOP_TIMEOUT,
-                });
-            }
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Starts the server again with the same port, data directory and
@@ -170,24 +150,7 @@ impl MariaDbServer {
     /// a running server is first stopped), and waits until it accepts
     /// connections.
     pub fn restart(&self) -> Result<(), TestkitError> {
-        self.stop_fast()?;
-        let started = Instant::now();
-        loop {
-            self.spawn()?;
-            match self.wait_ready() {
-                Ok(()) => break,
-                Err(TestkitError::ServerExited { .. }) if started.elapsed() < READY_TIMEOUT => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        tracing::debug!(
-            port = self.port,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "restarted mariadb"
-        );
-        Ok(())
+        self.process.restart(|| self.boot())
     }
 
     fn launch(extra_args: &[&str], shared: bool) -> Result<MariaDbServer, TestkitError> {
@@ -196,47 +159,41 @@ impl MariaDbServer {
         let install_db = find("mariadb-install-db", &["mysql_install_db"])?;
         let as_root = process::running_as_root();
 
-        let base_dir = process::new_scratch_dir("mariadb")?;
+        let process = ServerProcess::new(
+            SERVER,
+            "mariadb",
+            "mariadb.log",
+            libc::SIGTERM,
+            libc::SIGKILL,
+        )?;
         let mut server = MariaDbServer {
-            port: 0,
+            process,
             server_id: unique_server_id(),
-            data_dir: base_dir.join("data"),
-            log_path: base_dir.join("mariadb.log"),
-            base_dir,
             mariadbd,
             args: Vec::new(),
-            child: Mutex::new(None),
             shared,
         };
         // From here on, dropping `server` on error removes the directory.
+        let data_dir = server.data_dir();
         if std::env::var_os(super::NO_TEMPLATE_ENV).is_some() {
-            install_db_into(&install_db, &server.data_dir, as_root)?;
+            install_db_into(&install_db, data_dir, as_root)?;
         } else {
-            let template = template_data_dir(&server.mariadbd, &install_db, as_root)?;
-            process::copy_tree_sparse(&template, &server.data_dir, None, &|_| false)?;
+            let uid = process::effective_uid();
+            let template =
+                process::template_data_dir("mariadb", &server.mariadbd, uid, "mysql", |dir| {
+                    install_db_into(&install_db, &dir.join("data"), as_root)
+                })?;
+            process::copy_tree_sparse(&template, data_dir, None, &|_| false)?;
         }
         let initialised = started.elapsed();
-
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            server.port = process::free_port()?;
+        process::start_on_free_port(SERVER, |port| {
+            server.process.port = port;
             server.args = server.server_args(as_root, extra_args);
-            server.spawn()?;
-            match server.wait_ready() {
-                Ok(()) => break,
-                // Another process took the port between our probe and bind.
-                Err(TestkitError::ServerExited { ref log_tail, .. })
-                    if attempt < 3 && log_tail.contains("already in use") =>
-                {
-                    tracing::debug!(port = server.port, "mariadb port taken, retrying");
-                }
-                Err(err) => return Err(err),
-            }
-        }
+            server.boot()
+        })?;
         tracing::debug!(
-            port = server.port,
-            data_dir = %server.data_dir.display(),
+            port = server.port(),
+            data_dir = %server.data_dir().display(),
             install_db_ms = initialised.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "started mariadb"
@@ -245,17 +202,20 @@ impl MariaDbServer {
     }
 
     fn server_args(&self, as_root: bool, extra_args: &[&str]) -> Vec<OsString> {
-        let dir = |name: &str| self.base_dir.join(name).display().to_string();
+        let dir = |name: &str| self.process.base_dir.join(name).display().to_string();
         let mut args: Vec<String> = vec![
             // --no-defaults must come first.
             "--no-defaults".into(),
-            format!("--datadir={}", self.data_dir.display()),
-            format!("--port={}", self.port),
+            format!("--datadir={}", self.process.data_dir.display()),
+            format!("--port={}", self.port()),
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", dir("mysqld.sock")),
             format!("--pid-file={}", dir("mariadbd.pid")),
-            format!("--log-error={}", self.log_path.display()),
-            format!("--log-bin={}", self.data_dir.join("mysql-bin").display()),
+            format!("--log-error={}", self.process.log_path.display()),
+            format!(
+                "--log-bin={}",
+                self.process.data_dir.join("mysql-bin").display()
+            ),
             "--binlog-format=ROW".into(),
             "--binlog-row-image=FULL".into(),
             "--binlog-row-metadata=FULL".into(),
@@ -276,123 +236,37 @@ impl MariaDbServer {
         args.into_iter().map(OsString::from).collect()
     }
 
-    fn spawn(&self) -> Result<(), TestkitError> {
-        // Early failures (bad options) go to stderr before the error log is
-        // open: send stdout and stderr to the same file.
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|err| TestkitError::io(format!("opening {}", self.log_path.display()), err))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|err| TestkitError::io("duplicating the log file handle", err))?;
+    /// Spawns `mariadbd` and waits until root can log in over TCP and run a
+    /// query. Early failures (bad options) go to stderr before the error log
+    /// is open; stderr goes to the same file.
+    fn boot(&self) -> Result<(), TestkitError> {
         let mut cmd = Command::new(&self.mariadbd);
-        cmd.args(&self.args)
-            .current_dir(&self.base_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        let line = process::describe(&cmd);
-        let child =
-            process::spawn(cmd).map_err(|err| TestkitError::io(format!("starting {line}"), err))?;
-        tracing::debug!(port = self.port, pid = child.id(), "spawned mariadb");
-        *self.lock_child() = Some(child);
-        Ok(())
+        cmd.args(&self.args);
+        let url = self.root_url();
+        self.process.start(cmd, || probe(&url))
     }
 
     /// `mysql://root@127.0.0.1:PORT` without a database.
     fn root_url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}", self.port)
-    }
-
-    /// Polls until root can log in over TCP and run a query, the process
-    /// exits, or the deadline passes.
-    fn wait_ready(&self) -> Result<(), TestkitError> {
-        let url = self.root_url();
-        let deadline = Instant::now() + READY_TIMEOUT;
-        process::block_on(async {
-            loop {
-                if let Some(status) = self.exit_status() {
-                    return Err(TestkitError::ServerExited {
-                        server: SERVER,
-                        status,
-                        log: self.log_path.clone(),
-                        log_tail: process::log_tail(&self.log_path, 30),
-                    });
-                }
-                let last_error = match probe(&url).await {
-                    Ok(()) => return Ok(()),
-                    Err(err) => err,
-                };
-                if Instant::now() >= deadline {
-                    return Err(TestkitError::NotReady {
-                        server: SERVER,
-                        timeout: READY_TIMEOUT,
-                        last_error,
-                        log: self.log_path.clone(),
-                        log_tail: process::log_tail(&self.log_path, 30),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })?
-    }
-
-    fn exit_status(&self) -> Option<String> {
-        let mut guard = self.lock_child();
-        match guard.as_mut().map(Child::try_wait) {
-            None => Some("not running".into()),
-            Some(Ok(None)) => None,
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Err(err)) => Some(err.to_string()),
-        }
-    }
-
-    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Drop for MariaDbServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.lock_child().take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        process::remove_dir(&self.base_dir);
+        format!("mysql://root@127.0.0.1:{}", self.port())
     }
 }
 
 /// Exit hook: kill the shared server and remove its directory.
 fn shutdown_shared() {
     if let Some(Ok(server)) = SHARED.get() {
-        if let Ok(mut child) = server.child.try_lock() {
-            if let Some(mut child) = child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            process::remove_dir(&server.base_dir);
-        }
+        server.process.dispose();
     }
 }
 
 /// Logs in as root over TCP only (no switch to the unix socket), so a
 /// success proves the url contract.
-async fn probe(url: &str) -> Result<(), String> {
-    let attempt = async {
-        let opts = mysql_async::Opts::from_url(url).map_err(mysql_async::Error::Url)?;
-        let opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
-        let mut conn = mysql_async::Conn::new(opts).await?;
-        conn.query_drop("SELECT 1").await?;
-        conn.disconnect().await?;
-        Ok::<(), mysql_async::Error>(())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("connection attempt timed out".into()),
-    }
+async fn probe(url: &str) -> Result<(), mysql_async::Error> {
+    let opts = mysql_async::Opts::from_url(url).map_err(mysql_async::Error::Url)?;
+    let opts = mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false);
+    let mut conn = mysql_async::Conn::new(opts).await?;
+    conn.query_drop("SELECT 1").await?;
+    conn.disconnect().await
 }
 
 /// Runs `mariadb-install-db` into `data_dir` (which must not exist yet).
@@ -410,51 +284,6 @@ fn install_db_into(install_db: &Path, data_dir: &Path, as_root: bool) -> Result<
         cmd.arg("--user=root");
     }
     process::run_helper(cmd)
-}
-
-/// An initialised data directory to copy from, created once per MariaDB
-/// version and user under the temp dir:
-/// `callosum-testkit-template-mariadb-<version>-uid<euid>/data`.
-///
-/// `mariadb-install-db` takes most of a server's start time, while a sparse
-/// copy of its result takes a few tens of milliseconds. Concurrent processes
-/// may race to create the template: each builds its own candidate in a
-/// scratch directory and renames it into place; rename is atomic and fails
-/// when the target exists, so readers only ever see a complete template.
-fn template_data_dir(
-    mariadbd: &Path,
-    install_db: &Path,
-    as_root: bool,
-) -> Result<PathBuf, TestkitError> {
-    let version = Command::new(mariadbd)
-        .arg("--version")
-        .output()
-        .map_err(|err| {
-            TestkitError::io(format!("running {} --version", mariadbd.display()), err)
-        })?;
-    let version = process::name_fragment(
-        String::from_utf8_lossy(&version.stdout)
-            .split_whitespace()
-            .nth(2)
-            .unwrap_or("unknown"),
-    );
-    let uid = process::effective_uid();
-    let template = std::env::temp_dir().join(format!(
-        "{}template-mariadb-{version}-uid{uid}",
-        process::DIR_PREFIX
-    ));
-    let data = template.join("data");
-    if data.join("mysql").is_dir() {
-        return Ok(data);
-    }
-    let candidate = process::new_scratch_dir("mariadb-template")?;
-    let result = install_db_into(install_db, &candidate.join("data"), as_root);
-    if let Err(err) = result {
-        process::remove_dir(&candidate);
-        return Err(err);
-    }
-    process::publish_template(&candidate, &template, &data.join("mysql"))?;
-    Ok(data)
 }
 
 /// Finds a MariaDB program (or one of its older names), or says what to install.

@@ -4,13 +4,14 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use tokio_postgres::NoTls;
 
-use super::{process, TestkitError, READY_TIMEOUT, STOP_TIMEOUT};
+use super::process::{self, ServerProcess};
+use super::TestkitError;
 
 const SERVER: &str = "postgresql";
 
@@ -46,21 +47,17 @@ const INSTALL_HINT: &str = "install a PostgreSQL server package, e.g. postgresql
 /// process, however the process ends. Servers from [`PgServer::start`] are
 /// stopped and their directory removed on drop.
 pub struct PgServer {
-    port: u16,
-    base_dir: PathBuf,
-    data_dir: PathBuf,
-    log_path: PathBuf,
+    process: ServerProcess,
     postgres_bin: PathBuf,
     run_as: Option<(u32, u32)>,
-    child: Mutex<Option<Child>>,
     shared: bool,
 }
 
 impl std::fmt::Debug for PgServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgServer")
-            .field("port", &self.port)
-            .field("data_dir", &self.data_dir)
+            .field("port", &self.port())
+            .field("data_dir", &self.data_dir())
             .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
@@ -90,12 +87,12 @@ impl PgServer {
 
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.port
+        self.process.port
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/DATABASE` (trust auth, no password).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port())
     }
 
     /// Creates a new, uniquely named database (its name starts with
@@ -119,25 +116,23 @@ impl PgServer {
             })?;
         drop(client);
         let _ = task.await;
-        tracing::debug!(database = %name, port = self.port, "created fresh postgresql database");
+        tracing::debug!(database = %name, port = self.port(), "created fresh postgresql database");
         Ok(self.url(&name))
     }
 
     /// The data directory (`PGDATA`); also the unix socket directory.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.process.data_dir
     }
 
     /// The server's log file (stdout and stderr of `postgres`).
     pub fn log_path(&self) -> &Path {
-        &self.log_path
+        &self.process.log_path
     }
 
     /// The postmaster's pid, if it is running.
     pub fn pid(&self) -> Option<u32> {
-        let mut guard = self.lock_child();
-        let child = guard.as_mut()?;
-        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+        self.process.pid()
     }
 
     /// Whether the server process is running.
@@ -148,53 +143,20 @@ impl PgServer {
     /// SIGKILLs the postmaster (a crash); its backends exit on their own as
     /// they notice. A no-op if the server is not running.
     pub fn kill(&self) {
-        if let Some(mut child) = self.lock_child().take() {
-            tracing::debug!(port = self.port, pid = child.id(), "killing postgresql");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Fast shutdown (what `pg_ctl stop -m fast` does: SIGINT, wait): clients
     /// are disconnected, a checkpoint is written. A no-op if not running.
     pub fn stop_fast(&self) -> Result<(), TestkitError> {
-        let mut guard = self.lock_child();
-        if let Some(mut child) = guard.take() {
-            tracing::debug!(port = self.port, "stopping postgresql (fast)");
-            if !process::stop_child(&mut child, libc::SIGINT, STOP_TIMEOUT) {
-                return Err(TestkitError::StopTimeout {
-                    server: SERVER,
-                    timeout: STOP_TIMEOUT,
-                });
-            }
-        }
-        Ok(())
+        self.process.stop()
     }
 
     /// Starts the server again on the same port and data directory (after
     /// [`kill`](Self::kill) or [`stop_fast`](Self::stop_fast); a running
     /// server is first stopped fast), and waits until it accepts connections.
     pub fn restart(&self) -> Result<(), TestkitError> {
-        self.stop_fast()?;
-        let started = Instant::now();
-        // After a kill, old backends may still hold the shared memory for a
-        // moment ("pre-existing shared memory block is still in use"): retry.
-        loop {
-            self.spawn()?;
-            match self.wait_ready() {
-                Ok(()) => break,
-                Err(TestkitError::ServerExited { .. }) if started.elapsed() < READY_TIMEOUT => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        tracing::debug!(
-            port = self.port,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "restarted postgresql"
-        );
-        Ok(())
+        self.process.restart(|| self.boot())
     }
 
     fn launch(settings: &[(&str, &str)], shared: bool) -> Result<PgServer, TestkitError> {
@@ -221,41 +183,27 @@ impl PgServer {
             None
         };
 
-        let base_dir = process::new_scratch_dir("pg")?;
+        // SIGINT: fast shutdown; SIGQUIT (on drop): immediate shutdown, the
+        // postmaster stops its backends and waits for them.
+        let process =
+            ServerProcess::new(SERVER, "pg", "postgres.log", libc::SIGINT, libc::SIGQUIT)?;
         let mut server = PgServer {
-            port: 0,
-            data_dir: base_dir.join("data"),
-            log_path: base_dir.join("postgres.log"),
-            base_dir,
+            process,
             postgres_bin,
             run_as,
-            child: Mutex::new(None),
             shared,
         };
         // From here on, dropping `server` on error removes the directory.
         server.init(&bindir, settings)?;
         let initialised = started.elapsed();
-
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            server.port = process::free_port()?;
-            server.append_conf(&[("port", &server.port.to_string())])?;
-            server.spawn()?;
-            match server.wait_ready() {
-                Ok(()) => break,
-                // Another process took the port between our probe and bind.
-                Err(TestkitError::ServerExited { ref log_tail, .. })
-                    if attempt < 3 && log_tail.contains("already in use") =>
-                {
-                    tracing::debug!(port = server.port, "postgresql port taken, retrying");
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        process::start_on_free_port(SERVER, |port| {
+            server.process.port = port;
+            server.append_conf(&[("port", &port.to_string())])?;
+            server.boot()
+        })?;
         tracing::debug!(
-            port = server.port,
-            data_dir = %server.data_dir.display(),
+            port = server.port(),
+            data_dir = %server.data_dir().display(),
             initdb_ms = initialised.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "started postgresql"
@@ -267,24 +215,29 @@ impl PgServer {
     /// then writes our postgresql.conf settings and pg_hba.conf.
     fn init(&self, bindir: &Path, settings: &[(&str, &str)]) -> Result<(), TestkitError> {
         if let Some((uid, gid)) = self.run_as {
-            chown(&self.base_dir, uid, gid)?;
+            chown(&self.process.base_dir, uid, gid)?;
         }
         if std::env::var_os(super::NO_TEMPLATE_ENV).is_some() {
-            initdb(bindir, &self.data_dir, self.run_as)?;
+            initdb(bindir, &self.process.data_dir, self.run_as)?;
         } else {
             let template = template_data_dir(bindir, self.run_as)?;
             // WAL segments are not copied: pg_resetwal writes a fresh one.
             let is_wal_segment = |file: &Path| file.parent().is_some_and(|d| d.ends_with("pg_wal"));
-            process::copy_tree_sparse(&template, &self.data_dir, self.run_as, &is_wal_segment)?;
+            process::copy_tree_sparse(
+                &template,
+                &self.process.data_dir,
+                self.run_as,
+                &is_wal_segment,
+            )?;
             self.new_system_identifier(bindir)?;
         }
 
-        let socket_dir = self.data_dir.display().to_string();
+        let socket_dir = self.process.data_dir.display().to_string();
         let mut all: Vec<(&str, &str)> = BASE_SETTINGS.to_vec();
         all.push(("unix_socket_directories", &socket_dir));
         all.extend_from_slice(settings);
         self.append_conf(&all)?;
-        let hba = self.data_dir.join("pg_hba.conf");
+        let hba = self.process.data_dir.join("pg_hba.conf");
         // Truncating keeps the file's owner (the postgres user when root).
         let mut file = OpenOptions::new()
             .write(true)
@@ -297,7 +250,7 @@ impl PgServer {
 
     /// Appends settings to postgresql.conf (later lines win).
     fn append_conf(&self, settings: &[(&str, &str)]) -> Result<(), TestkitError> {
-        let conf = self.data_dir.join("postgresql.conf");
+        let conf = self.process.data_dir.join("postgresql.conf");
         let mut text = String::from("\n# callosum test kit\n");
         for (key, value) in settings {
             text.push_str(&format!("{key} = '{}'\n", value.replace('\'', "''")));
@@ -310,17 +263,13 @@ impl PgServer {
             .map_err(|err| TestkitError::io(format!("writing {}", conf.display()), err))
     }
 
-    fn apply_user(&self, cmd: &mut Command) {
-        apply_user(cmd, self.run_as);
-    }
-
     /// Gives a copied data directory its own system identifier, as initdb
     /// would have: patch `pg_control` (and its CRC), then `pg_resetwal -f`
     /// rewrites the WAL, whose page headers carry the identifier too. This
     /// is what pg_upgrade does to fresh clusters; the template was shut down
     /// cleanly by initdb.
     fn new_system_identifier(&self, bindir: &Path) -> Result<(), TestkitError> {
-        let control = self.data_dir.join("global").join("pg_control");
+        let control = self.process.data_dir.join("global").join("pg_control");
         let mut bytes = std::fs::read(&control)
             .map_err(|err| TestkitError::io(format!("reading {}", control.display()), err))?;
         let identifier = new_identifier();
@@ -342,10 +291,10 @@ impl PgServer {
         let mut cmd = Command::new(bindir.join("pg_resetwal"));
         cmd.arg("-f")
             .arg("-D")
-            .arg(&self.data_dir)
-            .current_dir(&self.base_dir)
+            .arg(&self.process.data_dir)
+            .current_dir(&self.process.base_dir)
             .stdin(Stdio::null());
-        self.apply_user(&mut cmd);
+        apply_user(&mut cmd, self.run_as);
         process::run_helper(cmd)?;
         tracing::debug!(
             system_identifier = identifier,
@@ -354,123 +303,30 @@ impl PgServer {
         Ok(())
     }
 
-    fn spawn(&self) -> Result<(), TestkitError> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(|err| TestkitError::io(format!("opening {}", self.log_path.display()), err))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|err| TestkitError::io("duplicating the log file handle", err))?;
+    /// Spawns `postgres` and waits until a client can connect and run a query.
+    fn boot(&self) -> Result<(), TestkitError> {
         let mut cmd = Command::new(&self.postgres_bin);
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .current_dir(&self.base_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        self.apply_user(&mut cmd);
-        let line = process::describe(&cmd);
-        let child =
-            process::spawn(cmd).map_err(|err| TestkitError::io(format!("starting {line}"), err))?;
-        tracing::debug!(port = self.port, pid = child.id(), "spawned postgresql");
-        *self.lock_child() = Some(child);
-        Ok(())
-    }
-
-    /// Polls until a client can connect and run a query, the process exits,
-    /// or the deadline passes.
-    fn wait_ready(&self) -> Result<(), TestkitError> {
+        cmd.arg("-D").arg(self.data_dir());
+        apply_user(&mut cmd, self.run_as);
         let url = self.url("postgres");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        process::block_on(async {
-            loop {
-                if let Some(status) = self.exit_status() {
-                    return Err(TestkitError::ServerExited {
-                        server: SERVER,
-                        status,
-                        log: self.log_path.clone(),
-                        log_tail: process::log_tail(&self.log_path, 30),
-                    });
-                }
-                let last_error = match probe(&url).await {
-                    Ok(()) => return Ok(()),
-                    Err(err) => err,
-                };
-                if Instant::now() >= deadline {
-                    return Err(TestkitError::NotReady {
-                        server: SERVER,
-                        timeout: READY_TIMEOUT,
-                        last_error,
-                        log: self.log_path.clone(),
-                        log_tail: process::log_tail(&self.log_path, 30),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })?
-    }
-
-    fn exit_status(&self) -> Option<String> {
-        let mut guard = self.lock_child();
-        match guard.as_mut().map(Child::try_wait) {
-            None => Some("not running".into()),
-            Some(Ok(None)) => None,
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Err(err)) => Some(err.to_string()),
-        }
-    }
-
-    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Immediate shutdown (SIGQUIT: the postmaster stops its backends and
-    /// waits for them), then SIGKILL if that takes too long.
-    fn terminate(&self, child: &mut Option<Child>) {
-        if let Some(mut child) = child.take() {
-            process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
-        }
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let mut child = self
-            .child
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        self.terminate(&mut child);
-        process::remove_dir(&self.base_dir);
+        self.process.start(cmd, || probe(&url))
     }
 }
 
 /// Exit hook: stop the shared server and remove its directory.
 fn shutdown_shared() {
     if let Some(Ok(server)) = SHARED.get() {
-        if let Ok(mut child) = server.child.try_lock() {
-            server.terminate(&mut child);
-            process::remove_dir(&server.base_dir);
-        }
+        server.process.dispose();
     }
 }
 
-async fn probe(url: &str) -> Result<(), String> {
-    let attempt = async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let task = tokio::spawn(connection);
-        client.simple_query("SELECT 1").await?;
-        drop(client);
-        let _ = task.await;
-        Ok::<(), tokio_postgres::Error>(())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("connection attempt timed out".into()),
-    }
+async fn probe(url: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let task = tokio::spawn(connection);
+    client.simple_query("SELECT 1").await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
 }
 
 fn apply_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {
@@ -501,47 +357,16 @@ fn initdb(bindir: &Path, data_dir: &Path, run_as: Option<(u32, u32)>) -> Result<
 }
 
 /// An initdb'd data directory to copy from, created once per PostgreSQL
-/// version and user under the temp dir:
-/// `callosum-testkit-template-pg-<version>-uid<uid>/data`. initdb takes
-/// most of a server's start time; a copy takes a fraction of it.
-/// Concurrent processes may race to create it: each builds a candidate in
-/// its own scratch directory and renames it into place (atomic; fails when
-/// the target exists), so readers only ever see a complete template.
+/// version and user (see [`process::template_data_dir`]).
 fn template_data_dir(bindir: &Path, run_as: Option<(u32, u32)>) -> Result<PathBuf, TestkitError> {
-    let postgres = bindir.join("postgres");
-    let version = Command::new(&postgres)
-        .arg("--version")
-        .output()
-        .map_err(|err| {
-            TestkitError::io(format!("running {} --version", postgres.display()), err)
-        })?;
-    let version = process::name_fragment(
-        String::from_utf8_lossy(&version.stdout)
-            .split_whitespace()
-            .nth(2)
-            .unwrap_or("unknown"),
-    );
     let uid = run_as.map_or_else(process::effective_uid, |(uid, _)| uid);
-    let template = std::env::temp_dir().join(format!(
-        "{}template-pg-{version}-uid{uid}",
-        process::DIR_PREFIX
-    ));
-    let data = template.join("data");
-    if data.join("PG_VERSION").is_file() {
-        return Ok(data);
-    }
-    let candidate = process::new_scratch_dir("pg-template")?;
-    let built = match run_as {
-        Some((uid, gid)) => chown(&candidate, uid, gid),
-        None => Ok(()),
-    }
-    .and_then(|()| initdb(bindir, &candidate.join("data"), run_as));
-    if let Err(err) = built {
-        process::remove_dir(&candidate);
-        return Err(err);
-    }
-    process::publish_template(&candidate, &template, &data.join("PG_VERSION"))?;
-    Ok(data)
+    let postgres = bindir.join("postgres");
+    process::template_data_dir("pg", &postgres, uid, "PG_VERSION", |candidate| {
+        if let Some((uid, gid)) = run_as {
+            chown(candidate, uid, gid)?;
+        }
+        initdb(bindir, &candidate.join("data"), run_as)
+    })
 }
 
 /// A fresh system identifier built like initdb's: seconds, microseconds and

@@ -13,20 +13,21 @@
 //!   next start: each is named `callosum-testkit-<pid>-...` after its owner.
 
 use std::ffi::OsStr;
+use std::fs::OpenOptions;
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, Once, OnceLock, PoisonError};
+use std::sync::{mpsc, Mutex, MutexGuard, Once, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::TestkitError;
+use super::{TestkitError, READY_TIMEOUT, STOP_TIMEOUT};
 
 /// Prefix of every scratch directory the kit creates under the temp dir.
-pub(crate) const DIR_PREFIX: &str = "callosum-testkit-";
+const DIR_PREFIX: &str = "callosum-testkit-";
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -55,7 +56,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
 
 /// Spawns `cmd` from the spawner thread, with a parent-death signal, so the
 /// child lives exactly as long as this process, whichever thread asked.
-pub(crate) fn spawn(mut cmd: Command) -> io::Result<Child> {
+fn spawn(mut cmd: Command) -> io::Result<Child> {
     arm_parent_death_signal(&mut cmd);
     let (tx, rx) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
@@ -106,7 +107,7 @@ fn arm_parent_death_signal(_cmd: &mut Command) {}
 
 /// Sends `signal` to process `pid`.
 #[allow(unsafe_code)]
-pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions; `pid` is the id of
     // a child this process has not yet reaped, so it cannot have been reused.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
@@ -118,7 +119,7 @@ pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
 }
 
 /// Waits for `child` to exit, up to `timeout`; returns `None` on timeout.
-pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -133,7 +134,7 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<O
 
 /// Sends `signal`, waits up to `timeout`, then SIGKILLs and reaps. Returns
 /// whether the process exited within the timeout.
-pub(crate) fn stop_child(child: &mut Child, signal: libc::c_int, timeout: Duration) -> bool {
+fn stop_child(child: &mut Child, signal: libc::c_int, timeout: Duration) -> bool {
     if let Ok(Some(_)) = child.try_wait() {
         return true;
     }
@@ -146,6 +147,218 @@ pub(crate) fn stop_child(child: &mut Child, signal: libc::c_int, timeout: Durati
             let _ = child.kill();
             let _ = child.wait();
             false
+        }
+    }
+}
+
+/// A server process and its scratch directory: the lifecycle both servers
+/// share. The directory is `base_dir`, the data directory `base_dir/data`;
+/// stdout and stderr go to `log_path`. On drop the server is stopped (its
+/// `quit_signal`, SIGKILL after 5 s) and the directory removed.
+pub(crate) struct ServerProcess {
+    /// `postgresql` or `mariadb`, for messages.
+    pub(crate) name: &'static str,
+    pub(crate) port: u16,
+    pub(crate) base_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) log_path: PathBuf,
+    /// Clean shutdown, used by [`stop`](Self::stop).
+    stop_signal: libc::c_int,
+    /// Quick shutdown, used on drop and at exit.
+    quit_signal: libc::c_int,
+    child: Mutex<Option<Child>>,
+}
+
+impl ServerProcess {
+    /// Creates a scratch directory `callosum-testkit-<pid>-<kind>-...` for a
+    /// server that logs to `log_file` in it. The port is set later.
+    pub(crate) fn new(
+        name: &'static str,
+        kind: &str,
+        log_file: &str,
+        stop_signal: libc::c_int,
+        quit_signal: libc::c_int,
+    ) -> Result<ServerProcess, TestkitError> {
+        let base_dir = new_scratch_dir(kind)?;
+        Ok(ServerProcess {
+            name,
+            port: 0,
+            data_dir: base_dir.join("data"),
+            log_path: base_dir.join(log_file),
+            base_dir,
+            stop_signal,
+            quit_signal,
+            child: Mutex::new(None),
+        })
+    }
+
+    /// The server's pid, if it is running.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        let mut guard = self.lock_child();
+        let child = guard.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
+    /// SIGKILLs the server (a crash). A no-op if it is not running.
+    pub(crate) fn kill(&self) {
+        if let Some(mut child) = self.lock_child().take() {
+            tracing::debug!(port = self.port, pid = child.id(), "killing {}", self.name);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends the stop signal and waits for the process to exit (SIGKILL
+    /// after [`STOP_TIMEOUT`]). A no-op if it is not running.
+    pub(crate) fn stop(&self) -> Result<(), TestkitError> {
+        if let Some(mut child) = self.lock_child().take() {
+            tracing::debug!(port = self.port, "stopping {}", self.name);
+            if !stop_child(&mut child, self.stop_signal, STOP_TIMEOUT) {
+                return Err(TestkitError::StopTimeout {
+                    server: self.name,
+                    timeout: STOP_TIMEOUT,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the server if it runs, then starts it again with `start` (see
+    /// [`start`](Self::start)); retries while it exits during startup (after
+    /// a kill, old PostgreSQL backends may hold the shared memory a moment).
+    pub(crate) fn restart(
+        &self,
+        start: impl Fn() -> Result<(), TestkitError>,
+    ) -> Result<(), TestkitError> {
+        self.stop()?;
+        let started = Instant::now();
+        loop {
+            match start() {
+                Ok(()) => break,
+                Err(TestkitError::ServerExited { .. }) if started.elapsed() < READY_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::debug!(
+            port = self.port,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "restarted {}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Spawns `cmd` in `base_dir` with its output appended to the log, then
+    /// polls `probe` (a connection attempt, 5 s at most) until it succeeds,
+    /// the process exits, or [`READY_TIMEOUT`] passes.
+    pub(crate) fn start<F, Fut, E>(&self, mut cmd: Command, probe: F) -> Result<(), TestkitError>
+    where
+        F: Fn() -> Fut + Send,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|err| TestkitError::io(format!("opening {}", self.log_path.display()), err))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|err| TestkitError::io("duplicating the log file handle", err))?;
+        cmd.current_dir(&self.base_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let line = describe(&cmd);
+        let child = spawn(cmd).map_err(|err| TestkitError::io(format!("starting {line}"), err))?;
+        tracing::debug!(port = self.port, pid = child.id(), "spawned {}", self.name);
+        *self.lock_child() = Some(child);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        block_on(async move {
+            loop {
+                if let Some(status) = self.exit_status() {
+                    return Err(TestkitError::ServerExited {
+                        server: self.name,
+                        status,
+                        log: self.log_path.clone(),
+                        log_tail: log_tail(&self.log_path, 30),
+                    });
+                }
+                let last_error = match tokio::time::timeout(Duration::from_secs(5), probe()).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => "connection attempt timed out".to_string(),
+                };
+                if Instant::now() >= deadline {
+                    return Err(TestkitError::NotReady {
+                        server: self.name,
+                        timeout: READY_TIMEOUT,
+                        last_error,
+                        log: self.log_path.clone(),
+                        log_tail: log_tail(&self.log_path, 30),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })?
+    }
+
+    fn exit_status(&self) -> Option<String> {
+        match self.lock_child().as_mut().map(Child::try_wait) {
+            None => Some("not running".into()),
+            Some(Ok(None)) => None,
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Err(err)) => Some(err.to_string()),
+        }
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the server quickly and removes its directory. Never waits for
+    /// the child lock (an exit hook must not block): if another thread holds
+    /// it, does nothing.
+    pub(crate) fn dispose(&self) {
+        let mut guard = match self.child.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if let Some(mut child) = guard.take() {
+            stop_child(&mut child, self.quit_signal, Duration::from_secs(5));
+        }
+        remove_dir(&self.base_dir);
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.dispose();
+    }
+}
+
+/// Runs `start` (given a port that was just free) until it succeeds; retries
+/// twice when the server exits because another process took the port between
+/// the probe and the server's bind.
+pub(crate) fn start_on_free_port(
+    name: &str,
+    mut start: impl FnMut(u16) -> Result<(), TestkitError>,
+) -> Result<(), TestkitError> {
+    let mut attempt = 1;
+    loop {
+        let port = free_port()?;
+        match start(port) {
+            Err(TestkitError::ServerExited { ref log_tail, .. })
+                if attempt < 3 && log_tail.contains("already in use") =>
+            {
+                tracing::debug!(port, "{name} port taken, retrying");
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }
@@ -190,7 +403,7 @@ extern "C" fn run_exit_hooks() {
 
 /// Creates a new scratch directory `<temp>/callosum-testkit-<pid>-<kind>-<n>-<nanos>`,
 /// sweeping first (once per process) the directories of dead processes.
-pub(crate) fn new_scratch_dir(kind: &str) -> Result<PathBuf, TestkitError> {
+fn new_scratch_dir(kind: &str) -> Result<PathBuf, TestkitError> {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(sweep_stale_dirs);
     let dir = std::env::temp_dir().join(format!(
@@ -241,7 +454,7 @@ fn process_alive(pid: u32) -> bool {
 
 /// Removes a directory tree, retrying briefly: processes that were just
 /// killed may still be closing files in it.
-pub(crate) fn remove_dir(dir: &Path) {
+fn remove_dir(dir: &Path) {
     for attempt in 0..5 {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => return,
@@ -255,7 +468,7 @@ pub(crate) fn remove_dir(dir: &Path) {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-pub(crate) fn free_port() -> Result<u16, TestkitError> {
+fn free_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|err| TestkitError::io("binding 127.0.0.1:0 to find a free port", err))?;
     let port = listener
@@ -280,7 +493,7 @@ fn nanos() -> u32 {
 
 /// A random-looking lowercase suffix without the `rand` crate: the
 /// process-randomly-seeded std hasher over counter and time.
-pub(crate) fn random_suffix(len: usize) -> String {
+fn random_suffix(len: usize) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(next_counter());
@@ -326,7 +539,7 @@ pub(crate) fn unique_database_name(prefix: &str) -> String {
 }
 
 /// The last `lines` lines of a log file (or a note that it cannot be read).
-pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
@@ -340,7 +553,7 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// Runs a future to completion on a private current-thread runtime in a
 /// scoped thread, so synchronous code can use async drivers whether or not
 /// the caller is itself inside a tokio runtime.
-pub(crate) fn block_on<F>(fut: F) -> Result<F::Output, TestkitError>
+fn block_on<F>(fut: F) -> Result<F::Output, TestkitError>
 where
     F: Future + Send,
     F::Output: Send,
@@ -399,7 +612,7 @@ pub(crate) fn run_helper(mut cmd: Command) -> Result<(), TestkitError> {
 }
 
 /// A command line for messages.
-pub(crate) fn describe(cmd: &Command) -> String {
+fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(OsStr::to_string_lossy)
@@ -459,36 +672,63 @@ pub(crate) fn copy_tree_sparse(
     Ok(())
 }
 
-/// Renames a freshly built template `candidate` directory to `template`.
-/// If another process got there first (`ready` exists), the candidate is
-/// discarded and theirs is used.
-pub(crate) fn publish_template(
-    candidate: &Path,
-    template: &Path,
-    ready: &Path,
-) -> Result<(), TestkitError> {
-    match std::fs::rename(candidate, template) {
+/// A data directory to copy from, created once per server version and user
+/// under the temp dir: `callosum-testkit-template-<kind>-<version>-uid<uid>/data`,
+/// where `<version>` is the third word of `binary --version`. Initialising a
+/// data directory takes most of a server's start time; a sparse copy takes a
+/// fraction of it. `ready` names the entry of `data` that marks a complete
+/// template. Concurrent processes may race to create it: each runs `build`
+/// (which must create `<candidate>/data`) in its own scratch directory and
+/// renames that into place (atomic; fails when the target exists), so readers
+/// only ever see a complete template.
+pub(crate) fn template_data_dir(
+    kind: &str,
+    binary: &Path,
+    uid: u32,
+    ready: &str,
+    build: impl FnOnce(&Path) -> Result<(), TestkitError>,
+) -> Result<PathBuf, TestkitError> {
+    let version = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|err| TestkitError::io(format!("running {} --version", binary.display()), err))?;
+    let version = name_fragment(
+        String::from_utf8_lossy(&version.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("unknown"),
+    );
+    let template =
+        std::env::temp_dir().join(format!("{DIR_PREFIX}template-{kind}-{version}-uid{uid}"));
+    let data = template.join("data");
+    if data.join(ready).exists() {
+        return Ok(data);
+    }
+    let candidate = new_scratch_dir(&format!("{kind}-template"))?;
+    if let Err(err) = build(&candidate) {
+        remove_dir(&candidate);
+        return Err(err);
+    }
+    match std::fs::rename(&candidate, &template) {
         Ok(()) => {
             tracing::debug!(template = %template.display(), "created testkit template data directory");
-            Ok(())
         }
-        Err(_) if ready.exists() => {
-            remove_dir(candidate);
-            Ok(())
-        }
+        // Another process got there first: use theirs.
+        Err(_) if data.join(ready).exists() => remove_dir(&candidate),
         Err(err) => {
-            remove_dir(candidate);
-            Err(TestkitError::io(
+            remove_dir(&candidate);
+            return Err(TestkitError::io(
                 format!("renaming {} to {}", candidate.display(), template.display()),
                 err,
-            ))
+            ));
         }
     }
+    Ok(data)
 }
 
 /// A version string reduced to a file-name fragment: `10.11.19-MariaDB-0+deb12u1`
 /// becomes `10.11.19-mariadb-0-deb12u1`.
-pub(crate) fn name_fragment(text: &str) -> String {
+fn name_fragment(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' {
