@@ -18,13 +18,7 @@ pub struct Databases {
 }
 
 pub async fn fresh_databases(prefix: &str) -> Databases {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CALLOSUM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    init_logging();
     let pg_url = PgServer::shared().fresh_database(prefix).await.unwrap();
     let mysql_url = MariaDbServer::shared()
         .fresh_database(prefix)
@@ -38,6 +32,18 @@ pub async fn fresh_databases(prefix: &str) -> Databases {
         pg,
         mysql,
     }
+}
+
+/// The agent's logs in the test output, filtered by `CALLOSUM_LOG`
+/// (default: warnings).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CALLOSUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 pub async fn pg_client(url: &str) -> tokio_postgres::Client {
@@ -60,13 +66,59 @@ pub fn slot_name(db: &Databases) -> String {
     format!("slot_{database}")
 }
 
+/// A pipeline of a test config: name, from store, to store (`crm` is the
+/// PostgreSQL store, `erp` the MariaDB one), tables.
+pub struct TestPipeline<'a> {
+    pub name: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub tables: &'a [&'a str],
+}
+
 /// The agent's config for one PostgreSQL → MariaDB pipeline `pg_to_mysql`.
 pub fn config_toml(db: &Databases, data_dir: &Path, tables: &[&str], listen: &str) -> String {
-    let tables = tables
-        .iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pipeline = TestPipeline {
+        name: "pg_to_mysql",
+        from: "crm",
+        to: "erp",
+        tables,
+    };
+    config_toml_with(db, data_dir, &[pipeline], listen)
+}
+
+/// The agent's config for any pipelines between the test's two databases.
+pub fn config_toml_with(
+    db: &Databases,
+    data_dir: &Path,
+    pipelines: &[TestPipeline],
+    listen: &str,
+) -> String {
+    let mut text = stores_toml(db, data_dir, listen);
+    for p in pipelines {
+        let tables = p
+            .tables
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        text += &format!(
+            "\n[[pipelines]]\nname = \"{}\"\nfrom = \"{}\"\nto = \"{}\"\ntables = [{tables}]\non_error = \"halt\"\n",
+            p.name, p.from, p.to
+        );
+    }
+    text
+}
+
+/// Binlog connections to one server need distinct replica ids: tests of one
+/// binary run in parallel against the shared server.
+fn unique_server_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    100_000
+        + (std::process::id() % 10_000) * 100
+        + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn stores_toml(db: &Databases, data_dir: &Path, listen: &str) -> String {
     format!(
         r#"data_dir = "{data_dir}"
 
@@ -81,20 +133,24 @@ slot = "{slot}"
 [stores.erp]
 kind = "mysql"
 url = "{mysql_url}"
-server_id = 4201
-
-[[pipelines]]
-name = "pg_to_mysql"
-from = "crm"
-to = "erp"
-tables = [{tables}]
-on_error = "halt"
+server_id = {server_id}
 "#,
         data_dir = data_dir.display(),
         pg_url = db.pg_url,
         mysql_url = db.mysql_url,
         slot = slot_name(db),
+        server_id = unique_server_id(),
     )
+}
+
+/// The value of a counter or gauge sample `name{pipeline="…"}` in the
+/// Prometheus text of an agent.
+pub fn metric(text: &str, name: &str, pipeline: &str) -> f64 {
+    let prefix = format!("{name}{{pipeline=\"{pipeline}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in metrics"))
 }
 
 /// How a column's text is compared.

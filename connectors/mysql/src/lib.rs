@@ -1,18 +1,26 @@
 //! MySQL/MariaDB connector for Callosum: the sink ([`MySqlSink`]) and its
-//! `check` ([`check_target`]).
+//! `check` ([`check_target`]); the binlog source ([`MySqlSource`]) and its
+//! `check` ([`check_source`]).
 //!
 //! The sink applies batches planned by [`callosum_api::batch`] as multi-row
 //! `INSERT … ON DUPLICATE KEY UPDATE` and `DELETE … IN (…)` statements with
 //! literals escaped for a `NO_BACKSLASH_ESCAPES` session, converting every
 //! value to its target column's type as the catalog describes it.
 
+mod binlog_event;
+mod binlog_stream;
 mod check;
 pub mod convert;
 pub mod error;
+pub mod row_value;
 mod sink;
+mod source;
+mod source_check;
 
 pub use check::check_target;
 pub use error::{classify, kind_of_code};
 pub use sink::{
     redact_url, MySqlSink, MySqlSinkConfig, MAX_ROWS_PER_STATEMENT, MAX_STATEMENT_BYTES, SQL_MODE,
 };
+pub use source::{MySqlSource, MySqlSourceConfig, HEARTBEAT_PERIOD, READ_TIMEOUT};
+pub use source_check::check_source;

@@ -156,6 +156,43 @@ pub fn from_sql(store: &str, context: &str, err: tokio_postgres::Error) -> Conne
         .with_source(err)
 }
 
+/// Whether the server's primary message for SQLSTATE `code` may quote a
+/// row value (class 22, data exceptions: `invalid input syntax for type
+/// integer: "…"`, `value "…" is out of range …`). Constraint violations
+/// (class 23) name the constraint in the message and keep values in the
+/// detail, which is never passed on.
+pub fn message_may_hold_values(code: &str) -> bool {
+    code.starts_with("22")
+}
+
+/// Converts a tokio-postgres error from a connection that writes row values
+/// (the sink): like [`from_sql`], but a server message that may quote a
+/// value is replaced by its SQLSTATE, so the error never carries row values.
+pub fn from_sql_without_values(
+    store: &str,
+    context: &str,
+    err: tokio_postgres::Error,
+) -> ConnectorError {
+    let Some(db) = err.as_db_error() else {
+        return from_sql(store, context, err);
+    };
+    let code = db.code().code();
+    if !message_may_hold_values(code) {
+        return from_sql(store, context, err);
+    }
+    let (kind, hint) = classify(code, db.message());
+    let mut out = ConnectorError::new(
+        kind,
+        format!(
+            "postgres store `{store}`: {context} failed: a value the target column cannot hold ({code})"
+        ),
+    );
+    if let Some(h) = hint {
+        out = out.with_hint(h);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +230,19 @@ mod tests {
         );
         assert_eq!(classify("08006", "x").0, ErrorKind::Connection);
         assert_eq!(classify("40P01", "deadlock").0, ErrorKind::Contention);
+        assert_eq!(classify("40001", "serialization").0, ErrorKind::Contention);
+        assert_eq!(
+            classify("55P03", "lock not available").0,
+            ErrorKind::Contention
+        );
+        assert_eq!(classify("23505", "duplicate key").0, ErrorKind::Constraint);
+        assert_eq!(classify("23502", "null value").0, ErrorKind::Constraint);
+        assert_eq!(classify("22001", "too long").0, ErrorKind::Conversion);
+        assert_eq!(classify("22P02", "invalid input").0, ErrorKind::Conversion);
+        assert_eq!(classify("42P01", "no such table").0, ErrorKind::Schema);
+        assert_eq!(classify("42703", "no such column").0, ErrorKind::Schema);
+        assert!(message_may_hold_values("22P02"));
+        assert!(!message_may_hold_values("23505"));
     }
 
     #[test]

@@ -569,16 +569,19 @@ impl ReplicationClient {
                     self.streaming = false;
                     return Err(ReplicationError::Server(server_error(&body)?));
                 }
-                Some(backend::Message::CopyDone) => {
+                // a walsender that is caught up when the server shuts down
+                // ends with CommandComplete and no CopyDone (WalSndDone)
+                Some(backend::Message::CopyDone | backend::Message::CommandComplete(_)) => {
                     self.streaming = false;
                     return Err(ReplicationError::StreamEnded);
                 }
                 Some(backend::Message::NoticeResponse(_)) => {}
                 Some(backend::Message::ParameterStatus(body)) => self.parameter_status(&body)?,
-                Some(_) => {
-                    return Err(ReplicationError::Protocol(
-                        "unexpected message while streaming".into(),
-                    ))
+                Some(other) => {
+                    return Err(ReplicationError::Protocol(format!(
+                        "unexpected message while streaming: {}",
+                        message_name(&other)
+                    )))
                 }
                 None => self.fill().await?,
             }
@@ -765,6 +768,34 @@ pub fn quote_ident(name: &str) -> String {
 /// `'text'` with embedded quotes doubled.
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The protocol name of a backend message, for error messages.
+fn message_name(message: &backend::Message) -> &'static str {
+    match message {
+        backend::Message::AuthenticationOk => "AuthenticationOk",
+        backend::Message::BackendKeyData(_) => "BackendKeyData",
+        backend::Message::BindComplete => "BindComplete",
+        backend::Message::CloseComplete => "CloseComplete",
+        backend::Message::CommandComplete(_) => "CommandComplete",
+        backend::Message::CopyData(_) => "CopyData",
+        backend::Message::CopyDone => "CopyDone",
+        backend::Message::CopyInResponse(_) => "CopyInResponse",
+        backend::Message::CopyOutResponse(_) => "CopyOutResponse",
+        backend::Message::DataRow(_) => "DataRow",
+        backend::Message::EmptyQueryResponse => "EmptyQueryResponse",
+        backend::Message::ErrorResponse(_) => "ErrorResponse",
+        backend::Message::NoData => "NoData",
+        backend::Message::NoticeResponse(_) => "NoticeResponse",
+        backend::Message::NotificationResponse(_) => "NotificationResponse",
+        backend::Message::ParameterDescription(_) => "ParameterDescription",
+        backend::Message::ParameterStatus(_) => "ParameterStatus",
+        backend::Message::ParseComplete => "ParseComplete",
+        backend::Message::PortalSuspended => "PortalSuspended",
+        backend::Message::ReadyForQuery(_) => "ReadyForQuery",
+        backend::Message::RowDescription(_) => "RowDescription",
+        _ => "another message",
+    }
 }
 
 #[cfg(test)]

@@ -39,24 +39,34 @@ impl PgSourceConfig {
     /// The parsed url with [`Self::password`] applied. The error never
     /// repeats the url (it may hold a password).
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConnectorError> {
-        let mut config: tokio_postgres::Config = self.url.parse().map_err(|_| {
-            ConnectorError::new(
-                ErrorKind::Config,
-                format!(
-                    "postgres store `{}`: the url is not a valid PostgreSQL connection string",
-                    self.store
-                ),
-            )
-            .with_hint("use postgres://user@host:port/database")
-        })?;
-        if let Some(password) = &self.password {
-            config.password(password.as_bytes());
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("callosum");
-        }
-        Ok(config)
+        pg_config(&self.store, &self.url, self.password.as_deref())
     }
+}
+
+/// Parses a store's url and applies `password` (which overrides the url's)
+/// and the application name `callosum`. The error never repeats the url (it
+/// may hold a password). Shared by the source, the sink and their checks.
+pub(crate) fn pg_config(
+    store: &str,
+    url: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Config, ConnectorError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+        ConnectorError::new(
+            ErrorKind::Config,
+            format!(
+                "postgres store `{store}`: the url is not a valid PostgreSQL connection string"
+            ),
+        )
+        .with_hint("use postgres://user@host:port/database")
+    })?;
+    if let Some(password) = password {
+        config.password(password.as_bytes());
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("callosum");
+    }
+    Ok(config)
 }
 
 /// A PostgreSQL logical replication source.

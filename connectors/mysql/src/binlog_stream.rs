@@ -1,0 +1,1127 @@
+//! The pure part of [`crate::MySqlSource`]: turns decoded binlog events into
+//! [`SourceMessage`]s — transaction framing (MariaDB GTID / `BEGIN` to `XID`
+//! or `COMMIT`), positions, echo suppression, resume filtering, the table
+//! map cache and row decoding. No I/O: the catalog look-up a captured
+//! table's map needs (`tinyint(1)`, MariaDB `json`) is done by the caller
+//! between [`StreamState::pending_table`] and [`StreamState::install_table`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use callosum_api::{
+    ChangeEvent, ColumnSchema, ConnectorError, ErrorKind, Position, Row, RowChange, SourceMessage,
+    TableId, TableSchema, TransactionMeta, Value, CHECKPOINT_TABLE,
+};
+use tracing::{debug, info};
+
+use crate::row_value::{decode_image, ColumnDef, Image, ValueError};
+
+/// What every event header says that the stream needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// Seconds since the Unix epoch.
+    pub timestamp: u32,
+    /// The offset just past this event in the current binlog file; 0 for
+    /// artificial events.
+    pub log_pos: u64,
+    pub event_size: u32,
+}
+
+/// A MariaDB GTID event: the start of a transaction (event group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MariaGtid {
+    pub domain: u32,
+    pub server: u32,
+    pub sequence: u64,
+    /// The group is one statement (DDL) without `BEGIN`/`COMMIT`.
+    pub standalone: bool,
+    /// The group ends with `XA PREPARE` (its rows may still roll back).
+    pub prepared_xa: bool,
+}
+
+impl MariaGtid {
+    pub fn position(&self) -> Position {
+        Position::MariaGtid {
+            domain: self.domain,
+            server: self.server,
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// A table map with the metadata decoding needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableMap {
+    pub table_id: u64,
+    pub table: TableId,
+    pub columns: Vec<ColumnDef>,
+    /// Indexes of the primary key columns.
+    pub primary_key: Vec<usize>,
+    /// The map carried column names (`binlog_row_metadata=FULL`).
+    pub names_known: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowsKind {
+    Write,
+    Update,
+    Delete,
+}
+
+/// A WRITE/UPDATE/DELETE_ROWS event (v1 or v2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowsEvent {
+    pub kind: RowsKind,
+    pub table_id: u64,
+    /// Columns in the before image (update, delete).
+    pub before: Vec<bool>,
+    /// Columns in the after image (write, update).
+    pub after: Vec<bool>,
+    /// The row images.
+    pub data: Vec<u8>,
+}
+
+/// A binlog event as the stream state understands it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The stream continues in `file` (artificial or real rotate).
+    Rotate {
+        file: String,
+    },
+    MariaGtid(MariaGtid),
+    /// `Query BEGIN`.
+    Begin,
+    /// `XID`, `Query COMMIT` (MyISAM), `Query ROLLBACK` (non-transactional
+    /// changes that stay), `XA PREPARE`/`XA COMMIT`.
+    Commit,
+    /// Any other statement (DDL, `SAVEPOINT`, …).
+    Statement,
+    TableMap(TableMap),
+    Rows(RowsEvent),
+    /// The server is idle; `file` is its current binlog file.
+    Heartbeat {
+        file: Option<String>,
+    },
+    /// Events with no bearing on transactions (format description, GTID
+    /// list, binlog checkpoint, annotate rows, …).
+    Ignored,
+}
+
+/// Which kind of [`Position`] the stream yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionKind {
+    /// MariaDB GTIDs of one replication domain.
+    Gtid,
+    /// Binlog file and offset of the end of each transaction.
+    File,
+}
+
+/// Catalog facts about a captured table that the binlog cannot tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refinement {
+    /// Columns declared `tinyint(1)`.
+    pub tiny1: HashSet<String>,
+    /// Text columns holding JSON (MariaDB `json`, a `json_valid` check).
+    pub json: HashSet<String>,
+}
+
+struct TableState {
+    schema: Arc<TableSchema>,
+    columns: Vec<ColumnDef>,
+    captured: bool,
+    checkpoint: bool,
+    names_known: bool,
+}
+
+struct Txn {
+    gtid: Option<MariaGtid>,
+    standalone: bool,
+    prepared_xa: bool,
+    /// Nothing more of it is yielded; it ends with `Discard`.
+    discard: bool,
+    changes: u64,
+}
+
+/// Stream state of one binlog connection.
+pub struct StreamState {
+    store: String,
+    tables: HashSet<TableId>,
+    kind: PositionKind,
+    resume_from: Option<Position>,
+    /// The current binlog file.
+    file: String,
+    /// The GTID domain of the stream (GTID positions order within one).
+    domain: Option<u32>,
+    by_id: HashMap<u64, TableState>,
+    schemas: HashMap<TableId, Arc<TableSchema>>,
+    /// Per table: the column names of the map the refinement was looked up
+    /// for, and the refinement.
+    refinements: HashMap<TableId, (Vec<String>, Refinement)>,
+    pending: Option<TableMap>,
+    txn: Option<Txn>,
+    out: VecDeque<SourceMessage>,
+    /// The last position yielded (Commit, Discard, Progress) or resumed from.
+    reported: Option<Position>,
+}
+
+impl StreamState {
+    /// `start` is where streaming starts when there is no `resume_from`
+    /// (the server's current position): it is yielded as `Progress` first,
+    /// so that a restart resumes there instead of at a newer "current".
+    pub fn new(
+        store: &str,
+        tables: &[TableId],
+        kind: PositionKind,
+        resume_from: Option<Position>,
+        start: Option<Position>,
+        file: &str,
+    ) -> Self {
+        let mut out = VecDeque::new();
+        let mut reported = resume_from.clone();
+        if resume_from.is_none() {
+            if let Some(start) = start {
+                out.push_back(SourceMessage::Progress(start.clone()));
+                reported = Some(start);
+            }
+        }
+        let domain = match (&resume_from, &reported) {
+            (Some(Position::MariaGtid { domain, .. }), _)
+            | (_, Some(Position::MariaGtid { domain, .. })) => Some(*domain),
+            _ => None,
+        };
+        StreamState {
+            store: store.to_string(),
+            tables: tables.iter().cloned().collect(),
+            kind,
+            resume_from,
+            file: file.to_string(),
+            domain,
+            by_id: HashMap::new(),
+            schemas: HashMap::new(),
+            refinements: HashMap::new(),
+            pending: None,
+            txn: None,
+            out,
+            reported,
+        }
+    }
+
+    /// The next message to yield.
+    pub fn pop(&mut self) -> Option<SourceMessage> {
+        self.out.pop_front()
+    }
+
+    /// The current binlog file.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// A captured table's map waiting for [`Self::install_table`] (kept
+    /// here so that `next` stays cancel-safe).
+    pub fn pending_table(&self) -> Option<&TableMap> {
+        self.pending.as_ref()
+    }
+
+    pub fn err(&self, kind: ErrorKind, message: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::new(kind, format!("mysql store `{}`: {message}", self.store))
+    }
+
+    fn is_captured(&self, table: &TableId) -> bool {
+        self.tables.contains(table)
+    }
+
+    fn needs_lookup(&self, map: &TableMap) -> bool {
+        if !self.is_captured(&map.table) || map.table.name == CHECKPOINT_TABLE {
+            return false;
+        }
+        let names: Vec<&str> = map.columns.iter().map(|c| c.name.as_str()).collect();
+        match self.refinements.get(&map.table) {
+            Some((known, _)) => known.iter().map(String::as_str).ne(names),
+            None => true,
+        }
+    }
+
+    /// Installs a table map (clearing the pending one) with the catalog's
+    /// `refinement` (`None`: use the cached one, if it was looked up for the
+    /// same column names). Keeps the table's schema `Arc` when its shape did
+    /// not change.
+    pub fn install_table(&mut self, mut map: TableMap, refinement: Option<Refinement>) {
+        let names: Vec<String> = map.columns.iter().map(|c| c.name.clone()).collect();
+        if let Some(r) = refinement {
+            self.refinements
+                .insert(map.table.clone(), (names.clone(), r));
+        }
+        if let Some((known, r)) = self.refinements.get(&map.table) {
+            if *known == names {
+                for c in &mut map.columns {
+                    c.tiny1 = r.tiny1.contains(&c.name);
+                    c.json =
+                        r.json.contains(&c.name) && c.charset != crate::row_value::BINARY_CHARSET;
+                }
+            }
+        }
+        let columns = map
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ColumnSchema {
+                name: c.name.clone(),
+                source_type: c.source_type(),
+                is_key: map.primary_key.contains(&i),
+            })
+            .collect();
+        let schema = TableSchema {
+            table: map.table.clone(),
+            columns,
+        };
+        let schema = match self.schemas.get(&map.table) {
+            Some(old) if **old == schema => old.clone(),
+            old => {
+                if old.is_some() {
+                    info!(table = %map.table, "table definition changed");
+                }
+                let schema = Arc::new(schema);
+                self.schemas.insert(map.table.clone(), schema.clone());
+                schema
+            }
+        };
+        let captured = self.is_captured(&map.table);
+        let checkpoint = map.table.name == CHECKPOINT_TABLE;
+        self.by_id.insert(
+            map.table_id,
+            TableState {
+                schema,
+                columns: map.columns,
+                captured,
+                checkpoint,
+                names_known: map.names_known,
+            },
+        );
+        self.pending = None;
+    }
+
+    fn position_at(&self, header: &EventHeader) -> Position {
+        Position::Binlog {
+            file: self.file.clone(),
+            offset: header.log_pos,
+        }
+    }
+
+    fn is_held(&self, position: &Position) -> bool {
+        self.resume_from
+            .as_ref()
+            .is_some_and(|r| position.partial_cmp(r).is_some_and(|o| o.is_le()))
+    }
+
+    fn start_txn(&mut self, header: &EventHeader, gtid: Option<MariaGtid>) {
+        let held = match (self.kind, &gtid) {
+            (PositionKind::Gtid, Some(g)) => self.is_held(&g.position()),
+            (PositionKind::File, _) if header.log_pos > 0 => {
+                // A transaction that starts before the resume position is
+                // already in the log.
+                let start = Position::Binlog {
+                    file: self.file.clone(),
+                    offset: header.log_pos.saturating_sub(header.event_size.into()),
+                };
+                self.resume_from
+                    .as_ref()
+                    .is_some_and(|r| start.partial_cmp(r).is_some_and(|o| o.is_lt()))
+            }
+            _ => false,
+        };
+        self.txn = Some(Txn {
+            gtid,
+            standalone: gtid.is_some_and(|g| g.standalone),
+            prepared_xa: gtid.is_some_and(|g| g.prepared_xa),
+            discard: held,
+            changes: 0,
+        });
+        self.out.push_back(SourceMessage::Begin);
+    }
+
+    fn finish_txn(&mut self, header: &EventHeader) -> Result<(), ConnectorError> {
+        let Some(txn) = self.txn.take() else {
+            debug!("commit outside a transaction");
+            return Ok(());
+        };
+        let position = match (self.kind, txn.gtid) {
+            (PositionKind::Gtid, Some(g)) => g.position(),
+            (PositionKind::Gtid, None) => {
+                return Err(self.err(
+                    ErrorKind::Protocol,
+                    "the server sent a transaction without a GTID on a GTID stream",
+                ))
+            }
+            (PositionKind::File, _) => self.position_at(header),
+        };
+        let is_new = match &self.reported {
+            Some(r) => position.partial_cmp(r) == Some(std::cmp::Ordering::Greater),
+            None => true,
+        };
+        if txn.discard || txn.changes == 0 || !is_new {
+            let resume_position = if is_new {
+                position
+            } else {
+                self.reported.clone().unwrap_or(position)
+            };
+            self.reported = Some(resume_position.clone());
+            self.out
+                .push_back(SourceMessage::Discard { resume_position });
+        } else {
+            self.reported = Some(position.clone());
+            self.out.push_back(SourceMessage::Commit(TransactionMeta {
+                position: position.clone(),
+                resume_position: position,
+                commit_time_micros: i64::from(header.timestamp) * 1_000_000,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Handles one event; what it yields is queued for [`Self::pop`].
+    pub fn handle(
+        &mut self,
+        header: &EventHeader,
+        event: StreamEvent,
+    ) -> Result<(), ConnectorError> {
+        match event {
+            StreamEvent::Rotate { file } => {
+                if file != self.file {
+                    debug!(file = %file, "binlog file rotated");
+                }
+                self.file = file;
+                if self.txn.is_none() {
+                    self.by_id.clear();
+                }
+            }
+            StreamEvent::MariaGtid(g) => {
+                if self.txn.is_some() {
+                    return Err(self.err(
+                        ErrorKind::Protocol,
+                        "the server sent a GTID event inside a transaction",
+                    ));
+                }
+                if self.kind == PositionKind::Gtid {
+                    match self.domain {
+                        None => self.domain = Some(g.domain),
+                        Some(d) if d != g.domain => {
+                            return Err(self
+                                .err(
+                                    ErrorKind::ServerConfig,
+                                    format_args!(
+                                        "the binlog holds GTIDs of replication domains {d} and {}; \
+                                         Callosum orders GTID positions within one domain",
+                                        g.domain
+                                    ),
+                                )
+                                .with_hint(
+                                    "use one gtid_domain_id for the captured server, or reset \
+                                     this store's change log so that the source restarts with \
+                                     binlog file positions",
+                                ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                self.start_txn(header, Some(g));
+            }
+            StreamEvent::Begin => {
+                if self.txn.is_none() {
+                    self.start_txn(header, None);
+                }
+            }
+            StreamEvent::Commit => self.finish_txn(header)?,
+            StreamEvent::Statement => match &self.txn {
+                Some(t) if t.standalone => self.finish_txn(header)?,
+                Some(_) => {}
+                None => {
+                    // A statement outside any transaction (DDL without a
+                    // GTID): the stream has moved past it.
+                    if self.kind == PositionKind::File && header.log_pos > 0 {
+                        let position = self.position_at(header);
+                        self.progress(position);
+                    }
+                }
+            },
+            StreamEvent::TableMap(map) => {
+                if self.needs_lookup(&map) {
+                    self.pending = Some(map);
+                } else {
+                    self.install_table(map, None);
+                }
+            }
+            StreamEvent::Rows(rows) => self.rows(rows)?,
+            StreamEvent::Heartbeat { file } => {
+                if self.txn.is_none() && self.kind == PositionKind::File && header.log_pos > 0 {
+                    let position = Position::Binlog {
+                        file: file.unwrap_or_else(|| self.file.clone()),
+                        offset: header.log_pos,
+                    };
+                    self.progress(position);
+                }
+            }
+            StreamEvent::Ignored => {}
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, position: Position) {
+        let advanced = match &self.reported {
+            Some(r) => position.partial_cmp(r) == Some(std::cmp::Ordering::Greater),
+            None => true,
+        };
+        if advanced {
+            self.reported = Some(position.clone());
+            self.out.push_back(SourceMessage::Progress(position));
+        }
+    }
+
+    fn rows(&mut self, rows: RowsEvent) -> Result<(), ConnectorError> {
+        let Some(txn) = &self.txn else {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                "the server sent a row event outside a transaction",
+            ));
+        };
+        let Some(table) = self.by_id.get(&rows.table_id) else {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                format_args!(
+                    "the server sent a row event for table id {} without its table map",
+                    rows.table_id
+                ),
+            ));
+        };
+        if table.checkpoint {
+            if let Some(t) = &mut self.txn {
+                t.discard = true;
+            }
+            return Ok(());
+        }
+        if !table.captured || txn.discard {
+            return Ok(());
+        }
+        let schema = table.schema.clone();
+        if txn.prepared_xa {
+            return Err(self.err(
+                ErrorKind::Protocol,
+                format_args!(
+                    "an XA transaction changed table {}; Callosum does not capture XA transactions",
+                    schema.table
+                ),
+            ));
+        }
+        if !table.names_known {
+            return Err(self
+                .err(
+                    ErrorKind::ServerConfig,
+                    format_args!(
+                        "the binlog has no column names for table {} (binlog_row_metadata is not FULL)",
+                        schema.table
+                    ),
+                )
+                .with_hint("set binlog_row_metadata=FULL in the server config and restart"));
+        }
+        let keys = schema.key_indexes();
+        if keys.is_empty() {
+            return Err(self
+                .err(
+                    ErrorKind::Schema,
+                    format_args!("table {} has no primary key", schema.table),
+                )
+                .with_hint(
+                    "add a primary key to the table, or remove it from the pipeline's `tables`",
+                ));
+        }
+        let changes = self.decode_rows(table, &rows, &keys)?;
+        let n = changes.len() as u64;
+        for change in changes {
+            self.out.push_back(SourceMessage::Change(ChangeEvent {
+                schema: schema.clone(),
+                change,
+            }));
+        }
+        if let Some(t) = &mut self.txn {
+            t.changes += n;
+        }
+        Ok(())
+    }
+
+    fn image<'a>(
+        &self,
+        table: &TableState,
+        present: &[bool],
+        data: &'a [u8],
+    ) -> Result<Image<'a>, ConnectorError> {
+        let schema = &table.schema;
+        decode_image(&table.columns, present, data).map_err(|(i, e)| {
+            let column = &schema.columns[i.min(schema.columns.len().saturating_sub(1))];
+            let kind = match e {
+                ValueError::Truncated => ErrorKind::Protocol,
+                _ => ErrorKind::Conversion,
+            };
+            let err = self.err(
+                kind,
+                format_args!(
+                    "table {} column {} (type {}): {e}",
+                    schema.table, column.name, column.source_type
+                ),
+            );
+            match e {
+                ValueError::ZeroDate => err.with_hint(
+                    "replace zero dates in the source with NULL or a real date (and enable \
+                     NO_ZERO_DATE in sql_mode)",
+                ),
+                ValueError::Unsupported => err.with_hint(
+                    "leave the table out of `tables`, or change the column to a supported type",
+                ),
+                _ => err,
+            }
+        })
+    }
+
+    fn decode_rows(
+        &self,
+        table: &TableState,
+        rows: &RowsEvent,
+        keys: &[usize],
+    ) -> Result<Vec<RowChange>, ConnectorError> {
+        let schema = &table.schema;
+        let image = |present: &[bool], data| self.image(table, present, data);
+        let image_config = |what: &str| {
+            self.err(
+                ErrorKind::ServerConfig,
+                format_args!(
+                    "the binlog lacks columns of table {} in a {what} image (binlog_row_image is not FULL)",
+                    schema.table
+                ),
+            )
+            .with_hint("set binlog_row_image=FULL in the server config and restart")
+        };
+        let mut out = Vec::new();
+        let mut data: &[u8] = &rows.data;
+        while !data.is_empty() {
+            match rows.kind {
+                RowsKind::Write => {
+                    let (after, rest) = image(&rows.after, data)?;
+                    data = rest;
+                    let row: Option<Row> = after.into_iter().collect();
+                    out.push(RowChange::Insert {
+                        row: row.ok_or_else(|| image_config("insert"))?,
+                    });
+                }
+                RowsKind::Delete => {
+                    let (before, rest) = image(&rows.before, data)?;
+                    data = rest;
+                    if keys.iter().any(|&k| before[k].is_none()) {
+                        return Err(image_config("delete"));
+                    }
+                    out.push(RowChange::Delete {
+                        key: before
+                            .into_iter()
+                            .map(|v| v.unwrap_or(Value::Null))
+                            .collect(),
+                    });
+                }
+                RowsKind::Update => {
+                    let (before, rest) = image(&rows.before, data)?;
+                    let (after, rest) = image(&rows.after, rest)?;
+                    data = rest;
+                    if keys.iter().any(|&k| before[k].is_none()) {
+                        return Err(image_config("update"));
+                    }
+                    let changed = keys.iter().any(|&k| {
+                        after[k]
+                            .as_ref()
+                            .is_some_and(|a| Some(a) != before[k].as_ref())
+                    });
+                    let old_key = changed.then(|| {
+                        before
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| {
+                                if keys.contains(&i) {
+                                    v.clone().unwrap_or(Value::Null)
+                                } else {
+                                    Value::Null
+                                }
+                            })
+                            .collect()
+                    });
+                    let row = after
+                        .into_iter()
+                        .map(|v| v.unwrap_or(Value::Unchanged))
+                        .collect();
+                    out.push(RowChange::Update { old_key, row });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mysql_async::consts::ColumnType;
+
+    fn col(name: &str, ty: ColumnType) -> ColumnDef {
+        let mut c = ColumnDef::new(name, ty, &[]);
+        if ty == ColumnType::MYSQL_TYPE_VARCHAR {
+            c.meta = vec![100, 0];
+            c.charset = 45;
+        }
+        c
+    }
+
+    /// `db.a(id bigint pk, v varchar, f tinyint)`, id 1.
+    fn map_a() -> TableMap {
+        TableMap {
+            table_id: 1,
+            table: TableId::new("db", "a"),
+            columns: vec![
+                col("id", ColumnType::MYSQL_TYPE_LONGLONG),
+                col("v", ColumnType::MYSQL_TYPE_VARCHAR),
+                col("f", ColumnType::MYSQL_TYPE_TINY),
+            ],
+            primary_key: vec![0],
+            names_known: true,
+        }
+    }
+
+    fn map(id: u64, db: &str, name: &str, key: bool) -> TableMap {
+        TableMap {
+            table_id: id,
+            table: TableId::new(db, name),
+            columns: vec![col("id", ColumnType::MYSQL_TYPE_LONGLONG)],
+            primary_key: if key { vec![0] } else { vec![] },
+            names_known: true,
+        }
+    }
+
+    fn state(kind: PositionKind, resume_from: Option<Position>) -> StreamState {
+        let mut s = StreamState::new(
+            "erp",
+            &[TableId::new("db", "a"), TableId::new("db", "nokey")],
+            kind,
+            resume_from,
+            None,
+            "bin.000001",
+        );
+        s.handle(&h(0), StreamEvent::TableMap(map_a())).unwrap();
+        let pending = s
+            .pending_table()
+            .cloned()
+            .expect("captured map waits for look-up");
+        s.install_table(
+            pending,
+            Some(Refinement {
+                tiny1: ["f".to_string()].into(),
+                json: HashSet::new(),
+            }),
+        );
+        for m in [
+            map(2, "db", CHECKPOINT_TABLE, true),
+            map(3, "db", "other", true),
+            map(4, "db", "nokey", false),
+        ] {
+            s.handle(&h(0), StreamEvent::TableMap(m)).unwrap();
+            if let Some(p) = s.pending_table().cloned() {
+                s.install_table(p, Some(Refinement::default()));
+            }
+        }
+        s
+    }
+
+    fn h(log_pos: u64) -> EventHeader {
+        EventHeader {
+            timestamp: 7,
+            log_pos,
+            event_size: 10,
+        }
+    }
+
+    fn gtid(seq: u64) -> StreamEvent {
+        StreamEvent::MariaGtid(MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: seq,
+            standalone: false,
+            prepared_xa: false,
+        })
+    }
+
+    fn a_row(id: u8, v: &[u8], f: u8) -> Vec<u8> {
+        let mut b = vec![0u8, id, 0, 0, 0, 0, 0, 0, 0, v.len() as u8];
+        b.extend_from_slice(v);
+        b.push(f);
+        b
+    }
+
+    fn write(table_id: u64, data: Vec<u8>) -> StreamEvent {
+        let n = if table_id == 1 { 3 } else { 1 };
+        StreamEvent::Rows(RowsEvent {
+            kind: RowsKind::Write,
+            table_id,
+            before: vec![],
+            after: vec![true; n],
+            data,
+        })
+    }
+
+    fn drain(s: &mut StreamState) -> Vec<SourceMessage> {
+        std::iter::from_fn(|| s.pop()).collect()
+    }
+
+    fn gtid_pos(seq: u64) -> Position {
+        Position::MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: seq,
+        }
+    }
+
+    #[test]
+    fn gtid_transaction_is_begin_changes_commit() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        let mut data = a_row(1, b"x", 1);
+        data.extend(a_row(2, b"yz", 0));
+        s.handle(&h(200), write(1, data)).unwrap();
+        s.handle(&h(300), StreamEvent::Commit).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(out[0], SourceMessage::Begin);
+        let SourceMessage::Change(c) = &out[2] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            c.change,
+            RowChange::Insert {
+                row: vec![Value::Int(2), Value::Text("yz".into()), Value::Int(0)]
+            }
+        );
+        assert_eq!(c.schema.columns[0].source_type, "bigint");
+        assert!(c.schema.columns[0].is_key);
+        assert_eq!(c.schema.columns[2].source_type, "tinyint(1)");
+        assert_eq!(
+            out[3],
+            SourceMessage::Commit(TransactionMeta {
+                position: gtid_pos(5),
+                resume_position: gtid_pos(5),
+                commit_time_micros: 7_000_000,
+            })
+        );
+    }
+
+    #[test]
+    fn file_positions_are_the_end_of_the_commit_event() {
+        let mut s = state(PositionKind::File, None);
+        s.handle(&h(100), StreamEvent::Begin).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 1))).unwrap();
+        s.handle(&h(300), StreamEvent::Commit).unwrap();
+        let out = drain(&mut s);
+        let SourceMessage::Commit(meta) = &out[2] else {
+            panic!("{out:?}")
+        };
+        let end = Position::Binlog {
+            file: "bin.000001".into(),
+            offset: 300,
+        };
+        assert_eq!(meta.position, end);
+        assert_eq!(meta.resume_position, end);
+        // MyISAM: BEGIN … Query COMMIT; then a rotation.
+        s.handle(&h(400), StreamEvent::Begin).unwrap();
+        s.handle(&h(0), StreamEvent::TableMap(map_a())).unwrap();
+        assert!(s.pending_table().is_none(), "refinement is cached");
+        s.handle(&h(500), write(1, a_row(2, b"x", 1))).unwrap();
+        s.handle(&h(600), StreamEvent::Commit).unwrap();
+        s.handle(
+            &h(0),
+            StreamEvent::Rotate {
+                file: "bin.000002".into(),
+            },
+        )
+        .unwrap();
+        s.handle(&h(0), StreamEvent::TableMap(map_a())).unwrap();
+        s.handle(&h(150), StreamEvent::Begin).unwrap();
+        s.handle(&h(200), write(1, a_row(3, b"x", 1))).unwrap();
+        s.handle(&h(250), StreamEvent::Commit).unwrap();
+        let positions: Vec<Position> = drain(&mut s)
+            .into_iter()
+            .filter_map(|m| match m {
+                SourceMessage::Commit(meta) => Some(meta.position),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(positions.len(), 2);
+        assert!(positions[0] < positions[1]);
+    }
+
+    #[test]
+    fn checkpoint_writes_discard_the_whole_transaction() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(150), write(2, vec![0, 1, 0, 0, 0, 0, 0, 0, 0]))
+            .unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 1))).unwrap();
+        s.handle(&h(300), StreamEvent::Commit).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            [
+                SourceMessage::Begin,
+                SourceMessage::Discard {
+                    resume_position: gtid_pos(5)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn uncaptured_tables_and_ddl_are_discarded() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(200), write(3, vec![0, 1, 0, 0, 0, 0, 0, 0, 0]))
+            .unwrap();
+        s.handle(&h(300), StreamEvent::Commit).unwrap();
+        let mut ddl = MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: 6,
+            standalone: true,
+            prepared_xa: false,
+        };
+        s.handle(&h(400), StreamEvent::MariaGtid(ddl)).unwrap();
+        s.handle(&h(500), StreamEvent::Statement).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            [
+                SourceMessage::Begin,
+                SourceMessage::Discard {
+                    resume_position: gtid_pos(5)
+                },
+                SourceMessage::Begin,
+                SourceMessage::Discard {
+                    resume_position: gtid_pos(6)
+                }
+            ]
+        );
+        ddl.domain = 1;
+        ddl.sequence = 7;
+        let err = s.handle(&h(600), StreamEvent::MariaGtid(ddl)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ServerConfig);
+    }
+
+    #[test]
+    fn transactions_at_or_before_resume_from_are_discarded() {
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(5)));
+        for (seq, expect_commit) in [(4, false), (5, false), (6, true)] {
+            s.handle(&h(100), gtid(seq)).unwrap();
+            s.handle(&h(200), write(1, a_row(1, b"x", 1))).unwrap();
+            s.handle(&h(300), StreamEvent::Commit).unwrap();
+            let out = drain(&mut s);
+            assert_eq!(
+                matches!(out.last(), Some(SourceMessage::Commit(_))),
+                expect_commit,
+                "{seq}: {out:?}"
+            );
+            if let Some(SourceMessage::Discard { resume_position }) = out.last() {
+                assert_eq!(*resume_position, gtid_pos(5), "never goes back");
+            }
+        }
+        let resume = Position::Binlog {
+            file: "bin.000001".into(),
+            offset: 300,
+        };
+        let mut s = state(PositionKind::File, Some(resume));
+        // Starts at 290 (< 300): already held.
+        s.handle(&h(300), StreamEvent::Begin).unwrap();
+        s.handle(&h(350), write(1, a_row(1, b"x", 1))).unwrap();
+        s.handle(&h(400), StreamEvent::Commit).unwrap();
+        assert!(matches!(
+            drain(&mut s).last(),
+            Some(SourceMessage::Discard { .. })
+        ));
+        // Starts at 400 (≥ 300): new.
+        s.handle(&h(410), StreamEvent::Begin).unwrap();
+        s.handle(&h(450), write(1, a_row(1, b"x", 1))).unwrap();
+        s.handle(&h(500), StreamEvent::Commit).unwrap();
+        assert!(matches!(
+            drain(&mut s).last(),
+            Some(SourceMessage::Commit(_))
+        ));
+    }
+
+    #[test]
+    fn updates_and_deletes() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        let mut data = a_row(1, b"x", 1);
+        data.extend(a_row(1, b"y", 1)); // key unchanged
+        data.extend(a_row(1, b"y", 1));
+        data.extend(a_row(2, b"y", 1)); // key changed
+        s.handle(
+            &h(200),
+            StreamEvent::Rows(RowsEvent {
+                kind: RowsKind::Update,
+                table_id: 1,
+                before: vec![true; 3],
+                after: vec![true; 3],
+                data,
+            }),
+        )
+        .unwrap();
+        s.handle(
+            &h(250),
+            StreamEvent::Rows(RowsEvent {
+                kind: RowsKind::Delete,
+                table_id: 1,
+                before: vec![true; 3],
+                after: vec![],
+                data: a_row(2, b"y", 1),
+            }),
+        )
+        .unwrap();
+        let changes: Vec<RowChange> = drain(&mut s)
+            .into_iter()
+            .filter_map(|m| match m {
+                SourceMessage::Change(c) => Some(c.change),
+                _ => None,
+            })
+            .collect();
+        let row = |id: i64| vec![Value::Int(id), Value::Text("y".into()), Value::Int(1)];
+        assert_eq!(
+            changes,
+            [
+                RowChange::Update {
+                    old_key: None,
+                    row: row(1)
+                },
+                RowChange::Update {
+                    old_key: Some(vec![Value::Int(1), Value::Null, Value::Null]),
+                    row: row(2)
+                },
+                RowChange::Delete { key: row(2) },
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_without_key_and_bad_values_fail_without_values() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        let err = s
+            .handle(&h(200), write(4, vec![0, 1, 0, 0, 0, 0, 0, 0, 0]))
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Schema);
+        assert!(err.to_string().contains("db.nokey"), "{err}");
+        let mut data = a_row(1, b"x", 1);
+        data[10] = 0xff; // invalid UTF-8
+        let err = s.handle(&h(200), write(1, data)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conversion);
+        let msg = err.to_string();
+        for part in ["erp", "db.a", "column v", "varchar"] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        let err = s.handle(&h(200), write(1, vec![0, 1, 2])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        let mut s = state(PositionKind::Gtid, None);
+        assert_eq!(
+            s.handle(&h(200), write(1, a_row(1, b"x", 1)))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Protocol
+        );
+        s.handle(&h(100), gtid(5)).unwrap();
+        assert_eq!(
+            s.handle(&h(200), write(99, vec![0])).unwrap_err().kind,
+            ErrorKind::Protocol
+        );
+        assert_eq!(
+            s.handle(&h(300), gtid(6)).unwrap_err().kind,
+            ErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn progress_from_start_heartbeats_and_statements() {
+        let start = Position::Binlog {
+            file: "bin.000001".into(),
+            offset: 100,
+        };
+        let mut s = StreamState::new(
+            "erp",
+            &[],
+            PositionKind::File,
+            None,
+            Some(start.clone()),
+            "bin.000001",
+        );
+        assert_eq!(drain(&mut s), [SourceMessage::Progress(start)]);
+        s.handle(&h(100), StreamEvent::Heartbeat { file: None })
+            .unwrap();
+        assert!(drain(&mut s).is_empty(), "not advanced");
+        s.handle(&h(150), StreamEvent::Statement).unwrap();
+        s.handle(
+            &h(4),
+            StreamEvent::Heartbeat {
+                file: Some("bin.000002".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            drain(&mut s),
+            [
+                SourceMessage::Progress(Position::Binlog {
+                    file: "bin.000001".into(),
+                    offset: 150
+                }),
+                SourceMessage::Progress(Position::Binlog {
+                    file: "bin.000002".into(),
+                    offset: 4
+                })
+            ]
+        );
+        s.handle(&h(10), StreamEvent::Begin).unwrap();
+        s.handle(&h(300), StreamEvent::Heartbeat { file: None })
+            .unwrap();
+        assert_eq!(
+            drain(&mut s),
+            [SourceMessage::Begin],
+            "none inside a transaction"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_table_map_keeps_its_schema_arc() {
+        let mut s = state(PositionKind::Gtid, None);
+        let schema = |s: &mut StreamState, seq: u64| {
+            s.handle(&h(100), gtid(seq)).unwrap();
+            s.handle(&h(200), write(1, a_row(1, b"x", 1))).unwrap();
+            s.handle(&h(300), StreamEvent::Commit).unwrap();
+            match &drain(s)[1] {
+                SourceMessage::Change(c) => c.schema.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = schema(&mut s, 1);
+        let mut again = map_a();
+        again.table_id = 9;
+        s.handle(&h(0), StreamEvent::TableMap(again.clone()))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &schema(&mut s, 2)));
+        let mut changed = map_a();
+        changed.columns[1].name = "w".into();
+        s.handle(&h(0), StreamEvent::TableMap(changed)).unwrap();
+        let pending = s
+            .pending_table()
+            .cloned()
+            .expect("new names: look up again");
+        s.install_table(pending, Some(Refinement::default()));
+        assert!(!Arc::ptr_eq(&first, &schema(&mut s, 3)));
+    }
+}
