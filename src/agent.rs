@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use callosum_api::{ConnectorError, ErrorClass, Position, Sink, Source, SourceMessage, TableId};
-use callosum_mysql::{MySqlSink, MySqlSinkConfig};
-use callosum_postgres::{PgSource, PgSourceConfig};
+use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
+use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,10 +122,17 @@ impl Agent {
         }
         for (store_name, tables) in &tables_by_store {
             let writer = log.writer(store_name)?;
+            let echo_targets = config
+                .pipelines
+                .iter()
+                .filter(|p| &p.to == store_name)
+                .map(|p| sink_config(p, &config.stores[&p.from], &config.stores[&p.to]))
+                .collect::<Result<Vec<_>, _>>()?;
             let worker = CaptureWorker {
                 store: store_name.clone(),
                 config: config.stores[store_name].clone(),
                 tables: tables.iter().cloned().collect(),
+                echo_targets,
                 pipelines: readers_by_store[store_name].clone(),
                 metrics: metrics.store(store_name),
                 status: status.clone(),
@@ -205,52 +212,56 @@ async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) ->
 /// A captured store's source, whatever its engine.
 enum AnySource {
     Postgres(PgSource),
+    Mysql(MySqlSource),
 }
 
 impl Source for AnySource {
     async fn next(&mut self) -> Result<SourceMessage, ConnectorError> {
         match self {
             AnySource::Postgres(source) => source.next().await,
+            AnySource::Mysql(source) => source.next().await,
         }
     }
 
     async fn acknowledge(&mut self, position: &Position) -> Result<(), ConnectorError> {
         match self {
             AnySource::Postgres(source) => source.acknowledge(position).await,
+            AnySource::Mysql(source) => source.acknowledge(position).await,
         }
     }
 }
 
 /// A pipeline's target, whatever its engine.
 enum AnySink {
-    Mysql(MySqlSink),
+    // boxed: both are large and there is one per pipeline
+    Mysql(Box<MySqlSink>),
+    Postgres(Box<PgSink>),
+}
+
+macro_rules! on_sink {
+    ($sink:expr, $inner:ident => $call:expr) => {
+        match $sink {
+            AnySink::Mysql($inner) => $call,
+            AnySink::Postgres($inner) => $call,
+        }
+    };
 }
 
 impl Sink for AnySink {
     async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
-        match self {
-            AnySink::Mysql(sink) => sink.checkpoint().await,
-        }
+        on_sink!(self, sink => sink.checkpoint().await)
     }
     async fn begin(&mut self, checkpoint: &Position) -> Result<(), ConnectorError> {
-        match self {
-            AnySink::Mysql(sink) => sink.begin(checkpoint).await,
-        }
+        on_sink!(self, sink => sink.begin(checkpoint).await)
     }
     async fn apply(&mut self, events: &[callosum_api::ChangeEvent]) -> Result<(), ConnectorError> {
-        match self {
-            AnySink::Mysql(sink) => sink.apply(events).await,
-        }
+        on_sink!(self, sink => sink.apply(events).await)
     }
     async fn commit(&mut self) -> Result<(), ConnectorError> {
-        match self {
-            AnySink::Mysql(sink) => sink.commit().await,
-        }
+        on_sink!(self, sink => sink.commit().await)
     }
     async fn rollback(&mut self) -> Result<(), ConnectorError> {
-        match self {
-            AnySink::Mysql(sink) => sink.rollback().await,
-        }
+        on_sink!(self, sink => sink.rollback().await)
     }
 }
 
@@ -261,60 +272,104 @@ fn store_password(store: &StoreConfig) -> Result<Option<String>, ConnectorError>
         .map_err(|err| ConnectorError::new(callosum_api::ErrorKind::Config, err.to_string()))
 }
 
-/// Builds the source of a store.
+/// How to connect to a store's log.
+#[derive(Clone, Debug)]
+pub(crate) enum SourceConfig {
+    Postgres(PgSourceConfig),
+    Mysql(MySqlSourceConfig),
+}
+
+impl SourceConfig {
+    async fn connect(self, resume: Option<Position>) -> Result<AnySource, ConnectorError> {
+        Ok(match self {
+            SourceConfig::Postgres(config) => {
+                AnySource::Postgres(PgSource::connect(config, resume).await?)
+            }
+            SourceConfig::Mysql(config) => {
+                AnySource::Mysql(MySqlSource::connect(config, resume).await?)
+            }
+        })
+    }
+}
+
+/// How to connect to a pipeline's target.
+#[derive(Clone, Debug)]
+pub(crate) enum SinkConfig {
+    Postgres(PgSinkConfig),
+    Mysql(MySqlSinkConfig),
+}
+
+impl SinkConfig {
+    async fn connect(self) -> Result<AnySink, ConnectorError> {
+        Ok(match self {
+            SinkConfig::Postgres(config) => {
+                AnySink::Postgres(Box::new(PgSink::connect(config).await?))
+            }
+            SinkConfig::Mysql(config) => {
+                AnySink::Mysql(Box::new(MySqlSink::connect(config).await?))
+            }
+        })
+    }
+}
+
+/// The source of a store, capturing `tables`.
 pub(crate) fn source_config(
     name: &str,
     store: &StoreConfig,
     tables: Vec<TableId>,
-) -> Result<PgSourceConfig, ConnectorError> {
-    match store {
-        StoreConfig::Postgres(pg) => Ok(PgSourceConfig {
+) -> Result<SourceConfig, ConnectorError> {
+    let password = store_password(store)?;
+    Ok(match store {
+        StoreConfig::Postgres(pg) => SourceConfig::Postgres(PgSourceConfig {
             store: name.to_string(),
             url: pg.url.clone(),
-            password: store_password(store)?,
+            password,
             slot: pg.slot_name(name),
             publication: pg.publication_name(name),
             tables,
         }),
-        StoreConfig::Mysql(_) => Err(ConnectorError::new(
-            callosum_api::ErrorKind::Config,
-            format!(
-                "store `{name}`: capturing from MySQL/MariaDB is not available in this version"
-            ),
-        )
-        .with_hint("use a PostgreSQL store as a pipeline's `from`")),
-    }
+        StoreConfig::Mysql(mysql) => SourceConfig::Mysql(MySqlSourceConfig {
+            store: name.to_string(),
+            url: mysql.url.clone(),
+            password,
+            server_id: mysql.server_id,
+            tables,
+        }),
+    })
 }
 
-/// Builds the sink config of a pipeline.
+/// The sink of a pipeline.
 pub(crate) fn sink_config(
     pipeline: &PipelineConfig,
     from: &StoreConfig,
     to: &StoreConfig,
-) -> Result<MySqlSinkConfig, ConnectorError> {
-    match to {
-        StoreConfig::Mysql(mysql) => Ok(MySqlSinkConfig {
+) -> Result<SinkConfig, ConnectorError> {
+    let password = store_password(to)?;
+    let tables = pipeline.table_mapping(from, to);
+    Ok(match to {
+        StoreConfig::Mysql(mysql) => SinkConfig::Mysql(MySqlSinkConfig {
             store: pipeline.to.clone(),
             url: mysql.url.clone(),
-            password: store_password(to)?,
+            password,
             pipeline: pipeline.name.clone(),
-            tables: pipeline.table_mapping(from, to),
+            tables,
         }),
-        StoreConfig::Postgres(_) => Err(ConnectorError::new(
-            callosum_api::ErrorKind::Config,
-            format!(
-                "pipeline `{}`: applying to PostgreSQL is not available in this version",
-                pipeline.name
-            ),
-        )
-        .with_hint("use a MySQL/MariaDB store as a pipeline's `to`")),
-    }
+        StoreConfig::Postgres(pg) => SinkConfig::Postgres(PgSinkConfig {
+            store: pipeline.to.clone(),
+            url: pg.url.clone(),
+            password,
+            pipeline: pipeline.name.clone(),
+            tables,
+        }),
+    })
 }
 
 struct CaptureWorker {
     store: String,
     config: StoreConfig,
     tables: Vec<TableId>,
+    /// Sinks of pipelines that write into this store.
+    echo_targets: Vec<SinkConfig>,
     pipelines: Vec<String>,
     metrics: StoreMetrics,
     status: Arc<AgentStatus>,
@@ -394,13 +449,16 @@ impl CaptureWorker {
         retry: &mut RetryPolicy,
     ) -> Result<(), ConnectorError> {
         let config = source_config(&self.store, &self.config, self.tables.clone())?;
-        let resume = writer.resume_position();
-        let mut source = match &self.config {
-            StoreConfig::Postgres(_) => {
-                AnySource::Postgres(PgSource::connect(config, resume.clone()).await?)
+        // a store that is also a target: its checkpoint table must exist
+        // before the publication is made, or Callosum's own writes to it
+        // would be captured and sent back
+        for target in &self.echo_targets {
+            if let SinkConfig::Postgres(target) = target {
+                callosum_postgres::ensure_checkpoint_table(target).await?;
             }
-            StoreConfig::Mysql(_) => unreachable!("source_config rejects MySQL sources"),
-        };
+        }
+        let resume = writer.resume_position();
+        let mut source = config.connect(resume.clone()).await?;
         info!(resume = %resume.as_ref().map_or("slot".to_string(), |p| p.to_string()), "capturing");
         retry.reset();
         let mut observer = StoreObserver {
@@ -502,8 +560,9 @@ impl ApplyWorker {
         shutdown: &mut watch::Receiver<bool>,
         retry: &mut RetryPolicy,
     ) -> Result<(), ConnectorError> {
-        let config = sink_config(&self.pipeline, &self.from, &self.to)?;
-        let mut sink = AnySink::Mysql(MySqlSink::connect(config).await?);
+        let mut sink = sink_config(&self.pipeline, &self.from, &self.to)?
+            .connect()
+            .await?;
         let mut reader = self.log.reader(&self.pipeline.from, &self.pipeline.name)?;
         retry.reset();
         self.status

@@ -5,7 +5,7 @@ use callosum_api::{CheckProblem, ConnectorError, TableId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
-use crate::agent::{sink_config, source_config};
+use crate::agent::{sink_config, source_config, SinkConfig, SourceConfig};
 use crate::config::{Config, StoreConfig};
 
 /// Runs the check and prints the result: exit 0 when nothing is wrong, 1
@@ -42,13 +42,24 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
         let store_config = &config.stores[*store];
         let tables: Vec<TableId> = tables.iter().cloned().collect();
         match source_config(store, store_config, tables.clone()) {
-            Ok(source) => {
+            Ok(SourceConfig::Postgres(source)) => {
                 match callosum_postgres::check(&source).await {
                     Ok(found) => problems.extend(found),
                     Err(err) => problems.push(unreachable_store(store, store_config, &err)),
                 }
                 if let Ok(columns) =
                     postgres_columns(&source.url, source.password.as_deref(), &tables).await
+                {
+                    source_columns.insert(store, columns);
+                }
+            }
+            Ok(SourceConfig::Mysql(source)) => {
+                match callosum_mysql::check_source(&source).await {
+                    Ok(found) => problems.extend(found),
+                    Err(err) => problems.push(unreachable_store(store, store_config, &err)),
+                }
+                if let Ok(columns) =
+                    mysql_columns(&source.url, source.password.as_deref(), &tables).await
                 {
                     source_columns.insert(store, columns);
                 }
@@ -69,7 +80,13 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
                     .get(pipeline.from.as_str())
                     .cloned()
                     .unwrap_or_default();
-                match callosum_mysql::check_target(&sink, &columns).await {
+                let found = match &sink {
+                    SinkConfig::Mysql(sink) => callosum_mysql::check_target(sink, &columns).await,
+                    SinkConfig::Postgres(sink) => {
+                        callosum_postgres::check_target(sink, &columns).await
+                    }
+                };
+                match found {
                     Ok(found) => problems.extend(found),
                     Err(err) => problems.push(unreachable_store(&pipeline.to, to, &err)),
                 }
@@ -122,5 +139,34 @@ async fn postgres_columns(
             out.push((table.clone(), rows.iter().map(|r| r.get(0)).collect()));
         }
     }
+    Ok(out)
+}
+
+/// The column names of captured MySQL/MariaDB tables.
+async fn mysql_columns(
+    url: &str,
+    password: Option<&str>,
+    tables: &[TableId],
+) -> Result<Vec<(TableId, Vec<String>)>, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let mut opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?);
+    if let Some(password) = password {
+        opts = opts.pass(Some(password));
+    }
+    let mut conn = mysql_async::Conn::new(opts).await?;
+    let mut out = Vec::new();
+    for table in tables {
+        let columns: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS
+                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&table.namespace, &table.name),
+            )
+            .await?;
+        if !columns.is_empty() {
+            out.push((table.clone(), columns));
+        }
+    }
+    conn.disconnect().await?;
     Ok(out)
 }

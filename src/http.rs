@@ -120,9 +120,14 @@ impl AgentStatus {
 
     /// Sets pipeline `name`'s state. `Some(error)` records it as
     /// `last_error`; `None` keeps the last error, except that entering
-    /// `streaming` clears it.
+    /// `streaming` clears it. `halted` is final: a pipeline halts when its
+    /// source or its sink meets a permanent error, and the other worker must
+    /// not make it look healthy again; only a restart of the agent clears it.
     pub fn set_state(&self, name: &str, state: PipelineState, error: Option<&str>) {
         self.update(name, |s| {
+            if s.state == PipelineState::Halted {
+                return;
+            }
             s.state = state;
             match error {
                 Some(error) => s.last_error = Some(error.to_owned()),

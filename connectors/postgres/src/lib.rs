@@ -28,6 +28,6 @@ pub mod text_value;
 
 pub use check::check;
 pub use error::classify;
-pub use sink::{PgSink, PgSinkConfig, UpsertStrategy};
+pub use sink::{ensure_checkpoint_table, PgSink, PgSinkConfig, UpsertStrategy};
 pub use sink_check::check_target;
 pub use source::{PgSource, PgSourceConfig, DEFAULT_STATUS_INTERVAL};

@@ -273,6 +273,19 @@ pub(crate) fn checkpoint_ddl() -> String {
     ddl
 }
 
+/// Creates `public.callosum_checkpoint` in the sink's store if it is
+/// missing. The agent calls it before a PostgreSQL source of the same store
+/// connects, so that the source's publication includes the table and
+/// Callosum's own writes are recognised from the first transaction (echo
+/// suppression).
+pub async fn ensure_checkpoint_table(config: &PgSinkConfig) -> Result<(), ConnectorError> {
+    let (client, _task) = open(config).await?;
+    client
+        .batch_execute(&checkpoint_ddl())
+        .await
+        .map_err(|e| from_sql_without_values(&config.store, "create the checkpoint table", e))
+}
+
 /// How one source schema maps onto its target table.
 #[derive(Debug)]
 struct ColumnMap {
