@@ -334,6 +334,10 @@ pub(crate) fn source_config(
             password,
             server_id: mysql.server_id,
             tables,
+            zero_dates: match mysql.zero_dates {
+                crate::config::ZeroDates::Error => callosum_mysql::ZeroDates::Error,
+                crate::config::ZeroDates::Null => callosum_mysql::ZeroDates::Null,
+            },
         }),
     })
 }

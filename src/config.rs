@@ -239,6 +239,34 @@ pub struct MysqlStore {
     /// Replica server id of the binlog connection; non-zero and unique among
     /// the server's replicas.
     pub server_id: u32,
+    /// What a captured zero date (`0000-00-00`) becomes; default `error`.
+    pub zero_dates: ZeroDates,
+}
+
+/// `zero_dates` of a MySQL store: what a zero date (`0000-00-00`, a zero
+/// month or day) read from its binlog becomes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZeroDates {
+    /// A conversion error naming table and column. The default: silently
+    /// turning data into NULL must be the operator's choice.
+    #[default]
+    Error,
+    /// NULL (outside the primary key; a `NOT NULL` target column rejects it).
+    Null,
+}
+
+impl<'de> Deserialize<'de> for ZeroDates {
+    /// By hand, so that a wrong value names the key.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "error" => Ok(ZeroDates::Error),
+            "null" => Ok(ZeroDates::Null),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid value {other:?} for key `zero_dates`: expected \"error\" or \"null\""
+            ))),
+        }
+    }
 }
 
 /// What a pipeline does with a transaction that can never apply.
@@ -301,6 +329,7 @@ struct RawStore {
     publication: Option<String>,
     schema: Option<String>,
     server_id: Option<u32>,
+    zero_dates: Option<ZeroDates>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -316,11 +345,22 @@ impl TryFrom<RawStore> for StoreConfig {
     fn try_from(raw: RawStore) -> Result<Self, String> {
         match raw.kind {
             StoreKind::Postgres => {
-                if raw.server_id.is_some() {
-                    return Err(
-                        "key `server_id` applies only to kind = \"mysql\" stores; remove it from this kind = \"postgres\" store"
-                            .to_owned(),
-                    );
+                let misplaced: Vec<&str> = [
+                    ("server_id", raw.server_id.is_some()),
+                    ("zero_dates", raw.zero_dates.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(key, set)| set.then_some(key))
+                .collect();
+                if !misplaced.is_empty() {
+                    let keys = misplaced
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(format!(
+                        "key {keys} applies only to kind = \"mysql\" stores; remove it from this kind = \"postgres\" store"
+                    ));
                 }
                 Ok(StoreConfig::Postgres(PostgresStore {
                     url: raw.url,
@@ -359,6 +399,7 @@ impl TryFrom<RawStore> for StoreConfig {
                     password_env: raw.password_env,
                     password_file: raw.password_file,
                     server_id,
+                    zero_dates: raw.zero_dates.unwrap_or_default(),
                 }))
             }
         }
@@ -867,6 +908,7 @@ impl fmt::Debug for MysqlStore {
             .field("password_env", &self.password_env)
             .field("password_file", &self.password_file)
             .field("server_id", &self.server_id)
+            .field("zero_dates", &self.zero_dates)
             .finish()
     }
 }
@@ -995,6 +1037,7 @@ tables = ["public.accounts", "orders"]
             panic!("erp is mysql")
         };
         assert_eq!(erp.server_id, 4201);
+        assert_eq!(erp.zero_dates, ZeroDates::Error);
         assert_eq!(config.pipelines.len(), 2);
         let p = &config.pipelines[0];
         assert_eq!(
@@ -1086,6 +1129,46 @@ tables = ["public.accounts", "orders"]
             parse_error(&base("").replace("kind = \"mysql\"", "kind = \"oracle\""));
         assert!(message.contains("unknown variant `oracle`"), "{message}");
         assert_eq!(line, Some(8));
+    }
+
+    #[test]
+    fn zero_dates_defaults_to_error_parses_and_names_its_key_when_wrong() {
+        let zero_dates = |config: &Config| match &config.stores["erp"] {
+            StoreConfig::Mysql(erp) => erp.zero_dates,
+            other => panic!("erp is mysql: {other:?}"),
+        };
+        assert_eq!(
+            zero_dates(&Config::from_toml(&base("")).unwrap()),
+            ZeroDates::Error
+        );
+        for (text, expected) in [("error", ZeroDates::Error), ("null", ZeroDates::Null)] {
+            let config = Config::from_toml(&base("").replace(
+                "server_id = 4201",
+                &format!("server_id = 4201\nzero_dates = \"{text}\""),
+            ))
+            .unwrap();
+            assert_eq!(zero_dates(&config), expected);
+            assert!(format!("{config:?}").contains(&format!("zero_dates: {expected:?}")));
+        }
+        let text = base("").replace(
+            "server_id = 4201",
+            "server_id = 4201\nzero_dates = \"zero\"",
+        );
+        let (message, line) = parse_error(&text);
+        assert!(message.contains("key `zero_dates`"), "{message}");
+        assert!(message.contains("\"error\" or \"null\""), "{message}");
+        assert_eq!(line, Some(11), "{message}");
+        let text = base("").replace("server_id = 4201", "server_id = 4201\nzero_dates = true");
+        let (message, line) = parse_error(&text);
+        assert_eq!(line, Some(11), "{message}");
+        // A MySQL-only key.
+        let text = base("").replace(
+            "kind = \"postgres\"",
+            "kind = \"postgres\"\nzero_dates = \"null\"",
+        );
+        let (message, _) = parse_error(&text);
+        assert!(message.contains("`zero_dates`"), "{message}");
+        assert!(message.contains("only to kind = \"mysql\""), "{message}");
     }
 
     #[test]

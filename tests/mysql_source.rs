@@ -10,7 +10,7 @@ use callosum_api::{
     ChangeEvent, ErrorKind, Position, RowChange, Source, SourceMessage, TableId, TransactionMeta,
     Value,
 };
-use callosum_mysql::{check_source, MySqlSource, MySqlSourceConfig};
+use callosum_mysql::{check_source, MySqlSource, MySqlSourceConfig, ZeroDates};
 use chrono::{DateTime, NaiveDate, NaiveTime};
 use mysql_async::prelude::Queryable;
 
@@ -55,6 +55,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSourceConfig {
             .iter()
             .map(|t| TableId::new(&db.database, *t))
             .collect(),
+        zero_dates: ZeroDates::Error,
     }
 }
 
@@ -522,7 +523,85 @@ async fn tables_without_primary_key_and_zero_dates_fail_honestly() {
     };
     assert_eq!(err.kind, ErrorKind::Conversion, "{err}");
     let msg = err.to_string();
-    for part in ["erp", ".d", "column born", "date", "zero date"] {
+    for part in [
+        "erp",
+        ".d",
+        "column born",
+        "date",
+        "zero date",
+        "zero_dates = \"null\"",
+    ] {
+        assert!(msg.contains(part), "{msg}");
+    }
+}
+
+#[tokio::test]
+async fn zero_dates_become_null_when_configured() {
+    let mut db = fresh("src_zero").await;
+    db.conn
+        .query_drop(
+            "CREATE TABLE z (id INT PRIMARY KEY, born DATE, at_dt DATETIME(6), \
+             stamped TIMESTAMP NULL, fine DATE); \
+             CREATE TABLE zk (born DATE PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    let mut c = config(&db, &["z"]);
+    c.zero_dates = ZeroDates::Null;
+    let mut source = MySqlSource::connect(c, None).await.unwrap();
+    // MariaDB accepts zero dates (and a zero month or day) only outside
+    // strict mode.
+    db.conn
+        .query_drop(
+            "SET SESSION sql_mode = ''; \
+             INSERT INTO z VALUES (1, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '2024-02-29'), \
+             (2, '2024-00-10', '2024-03-00 12:00:00', NULL, NULL)",
+        )
+        .await
+        .unwrap();
+    let (changes, _) = next_commit(&mut source).await;
+    let fine = Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap());
+    assert_eq!(
+        rows(&changes),
+        vec![
+            (
+                "z".to_string(),
+                RowChange::Insert {
+                    row: vec![Value::Int(1), Value::Null, Value::Null, Value::Null, fine]
+                }
+            ),
+            (
+                "z".to_string(),
+                RowChange::Insert {
+                    row: vec![
+                        Value::Int(2),
+                        Value::Null,
+                        Value::Null,
+                        Value::Null,
+                        Value::Null
+                    ]
+                }
+            ),
+        ]
+    );
+
+    // In a primary key, a zero date stays an error.
+    let mut c = config(&db, &["zk"]);
+    c.zero_dates = ZeroDates::Null;
+    let mut source = MySqlSource::connect(c, None).await.unwrap();
+    db.conn
+        .query_drop("INSERT INTO zk VALUES ('0000-00-00')")
+        .await
+        .unwrap();
+    let err = loop {
+        match tokio::time::timeout(WAIT, source.next()).await.unwrap() {
+            Ok(_) => continue,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.kind, ErrorKind::Conversion, "{err}");
+    let msg = err.to_string();
+    for part in ["erp", ".zk", "column born", "primary key"] {
         assert!(msg.contains(part), "{msg}");
     }
 }

@@ -14,7 +14,7 @@ use callosum_api::{
 };
 use tracing::{debug, info};
 
-use crate::row_value::{decode_image, ColumnDef, Image, ValueError};
+use crate::row_value::{decode_image_with, ColumnDef, Image, ValueError, ZeroDates};
 
 /// What every event header says that the stream needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,6 +145,7 @@ struct Txn {
 /// Stream state of one binlog connection.
 pub struct StreamState {
     store: String,
+    zero_dates: ZeroDates,
     tables: HashSet<TableId>,
     kind: PositionKind,
     resume_from: Option<Position>,
@@ -170,6 +171,7 @@ impl StreamState {
     /// so that a restart resumes there instead of at a newer "current".
     pub fn new(
         store: &str,
+        zero_dates: ZeroDates,
         tables: &[TableId],
         kind: PositionKind,
         resume_from: Option<Position>,
@@ -191,6 +193,7 @@ impl StreamState {
         };
         StreamState {
             store: store.to_string(),
+            zero_dates,
             tables: tables.iter().cloned().collect(),
             kind,
             resume_from,
@@ -550,11 +553,12 @@ impl StreamState {
     fn image<'a>(
         &self,
         table: &TableState,
+        keys: &[usize],
         present: &[bool],
         data: &'a [u8],
     ) -> Result<Image<'a>, ConnectorError> {
         let schema = &table.schema;
-        decode_image(&table.columns, present, data).map_err(|(i, e)| {
+        decode_image_with(&table.columns, present, data, self.zero_dates, keys).map_err(|(i, e)| {
             let column = &schema.columns[i.min(schema.columns.len().saturating_sub(1))];
             let kind = match e {
                 ValueError::Truncated => ErrorKind::Protocol,
@@ -568,9 +572,15 @@ impl StreamState {
                 ),
             );
             match e {
+                ValueError::ZeroDate if self.zero_dates == ZeroDates::Null => err.with_hint(
+                    "the column is part of the primary key, where zero_dates = \"null\" does not \
+                     apply: replace its zero dates in the source with real dates (and enable \
+                     NO_ZERO_DATE and NO_ZERO_IN_DATE in sql_mode)",
+                ),
                 ValueError::ZeroDate => err.with_hint(
                     "replace zero dates in the source with NULL or a real date (and enable \
-                     NO_ZERO_DATE in sql_mode)",
+                     NO_ZERO_DATE and NO_ZERO_IN_DATE in sql_mode), or set zero_dates = \"null\" \
+                     on this store to replicate them as NULL",
                 ),
                 ValueError::Unsupported => err.with_hint(
                     "leave the table out of `tables`, or change the column to a supported type",
@@ -587,7 +597,7 @@ impl StreamState {
         keys: &[usize],
     ) -> Result<Vec<RowChange>, ConnectorError> {
         let schema = &table.schema;
-        let image = |present: &[bool], data| self.image(table, present, data);
+        let image = |present: &[bool], data| self.image(table, keys, present, data);
         let image_config = |what: &str| {
             self.err(
                 ErrorKind::ServerConfig,
@@ -702,6 +712,7 @@ mod tests {
     fn state(kind: PositionKind, resume_from: Option<Position>) -> StreamState {
         let mut s = StreamState::new(
             "erp",
+            ZeroDates::Error,
             &[TableId::new("db", "a"), TableId::new("db", "nokey")],
             kind,
             resume_from,
@@ -1027,6 +1038,88 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Protocol);
     }
 
+    /// A stream capturing `db.dated(id bigint pk, born date)`, table id 5,
+    /// inside a transaction.
+    fn dated(zero_dates: ZeroDates) -> StreamState {
+        let mut s = StreamState::new(
+            "erp",
+            zero_dates,
+            &[TableId::new("db", "dated")],
+            PositionKind::Gtid,
+            None,
+            None,
+            "bin.000001",
+        );
+        let map = TableMap {
+            table_id: 5,
+            table: TableId::new("db", "dated"),
+            columns: vec![
+                col("id", ColumnType::MYSQL_TYPE_LONGLONG),
+                col("born", ColumnType::MYSQL_TYPE_DATE),
+            ],
+            primary_key: vec![0],
+            names_known: true,
+        };
+        s.handle(&h(0), StreamEvent::TableMap(map)).unwrap();
+        let pending = s.pending_table().cloned().unwrap();
+        s.install_table(pending, Some(Refinement::default()));
+        s.handle(&h(100), gtid(5)).unwrap();
+        s
+    }
+
+    fn dated_insert(born: [u8; 3]) -> StreamEvent {
+        let mut data = vec![0u8, 1, 0, 0, 0, 0, 0, 0, 0];
+        data.extend_from_slice(&born);
+        StreamEvent::Rows(RowsEvent {
+            kind: RowsKind::Write,
+            table_id: 5,
+            before: vec![],
+            after: vec![true; 2],
+            data,
+        })
+    }
+
+    #[test]
+    fn zero_dates_are_an_error_naming_the_column_and_the_option() {
+        let mut s = dated(ZeroDates::Error);
+        let err = s.handle(&h(200), dated_insert([0, 0, 0])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Conversion);
+        let msg = err.to_string();
+        for part in [
+            "erp",
+            "db.dated",
+            "column born",
+            "type date",
+            "zero date",
+            "zero_dates = \"null\"",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+    }
+
+    #[test]
+    fn zero_dates_become_null_when_configured() {
+        let mut s = dated(ZeroDates::Null);
+        drain(&mut s);
+        // 2024-00-10: a zero month is a zero date too.
+        let born = ((2024u32 << 9) | 10).to_le_bytes();
+        s.handle(&h(200), dated_insert([born[0], born[1], born[2]]))
+            .unwrap();
+        let changes: Vec<RowChange> = drain(&mut s)
+            .into_iter()
+            .filter_map(|m| match m {
+                SourceMessage::Change(c) => Some(c.change),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            vec![RowChange::Insert {
+                row: vec![Value::Int(1), Value::Null]
+            }]
+        );
+    }
+
     #[test]
     fn protocol_violations_are_errors() {
         let mut s = state(PositionKind::Gtid, None);
@@ -1055,6 +1148,7 @@ mod tests {
         };
         let mut s = StreamState::new(
             "erp",
+            ZeroDates::Error,
             &[],
             PositionKind::File,
             None,

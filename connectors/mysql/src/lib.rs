@@ -19,6 +19,7 @@ mod source_check;
 
 pub use check::check_target;
 pub use error::{classify, kind_of_code};
+pub use row_value::ZeroDates;
 pub use sink::{
     redact_url, MySqlSink, MySqlSinkConfig, MAX_ROWS_PER_STATEMENT, MAX_STATEMENT_BYTES, SQL_MODE,
 };

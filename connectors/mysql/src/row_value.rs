@@ -25,7 +25,12 @@
 //! | bit | `UInt` | `bit` |
 //! | MariaDB json (longtext with a `json_valid` check) | `Json` | `json` |
 //!
-//! Zero dates (`0000-00-00`, or a zero month/day) are a conversion error.
+//! Zero dates (`0000-00-00`, a zero month or day, a zero `timestamp`) are a
+//! conversion error, or `Null` outside the primary key with
+//! [`ZeroDates::Null`] (the store's `zero_dates = "null"`). The binlog does
+//! not say whether a column is nullable: a zero date in a `NOT NULL` column
+//! becomes `Null` all the same, and the target's `NOT NULL` constraint
+//! rejects it with its own error.
 //! MySQL's binary JSON type is not decoded yet (conversion error).
 
 use callosum_api::Value;
@@ -141,6 +146,20 @@ impl ColumnDef {
     }
 }
 
+/// What a zero date (`0000-00-00`, a zero month or day, a zero `timestamp`)
+/// decodes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZeroDates {
+    /// A conversion error ([`ValueError::ZeroDate`]). The default: silently
+    /// turning data into NULL must be the operator's choice.
+    #[default]
+    Error,
+    /// [`Value::Null`], except in a primary key column (a NULL key would
+    /// change which row an update or delete addresses): there it stays an
+    /// error.
+    Null,
+}
+
 /// Why a value could not be decoded. Never holds the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ValueError {
@@ -203,11 +222,25 @@ impl<'a> Reader<'a> {
 pub type Image<'a> = (Vec<Option<Value>>, &'a [u8]);
 
 /// Decodes the values of one row image: `present[i]` says whether column
-/// `i` is in the image. On failure, says which column.
+/// `i` is in the image. On failure, says which column. A zero date is an
+/// error ([`ZeroDates::Error`]); see [`decode_image_with`].
 pub fn decode_image<'a>(
     columns: &[ColumnDef],
     present: &[bool],
     data: &'a [u8],
+) -> Result<Image<'a>, (usize, ValueError)> {
+    decode_image_with(columns, present, data, ZeroDates::Error, &[])
+}
+
+/// [`decode_image`], with zero dates decoded as `zero_dates` says, except
+/// in the primary key's columns `keys`, where a zero date is always an
+/// error.
+pub fn decode_image_with<'a>(
+    columns: &[ColumnDef],
+    present: &[bool],
+    data: &'a [u8],
+    zero_dates: ZeroDates,
+    keys: &[usize],
 ) -> Result<Image<'a>, (usize, ValueError)> {
     let count = present.iter().take(columns.len()).filter(|p| **p).count();
     let mut r = Reader { buf: data };
@@ -223,8 +256,16 @@ pub fn decode_image<'a>(
         image_index += 1;
         if null {
             values.push(Some(Value::Null));
-        } else {
-            values.push(Some(decode_value(column, &mut r).map_err(|e| (i, e))?));
+            continue;
+        }
+        match decode_value(column, &mut r) {
+            Ok(value) => values.push(Some(value)),
+            // `decode_value` reports a zero date only after reading the
+            // whole value, so the next column starts where it should.
+            Err(ValueError::ZeroDate) if zero_dates == ZeroDates::Null && !keys.contains(&i) => {
+                values.push(Some(Value::Null))
+            }
+            Err(e) => return Err((i, e)),
         }
     }
     Ok((values, r.buf))
@@ -714,6 +755,104 @@ mod tests {
         assert_eq!(one(&col(MYSQL_TYPE_YEAR, &[]), &[0]), Ok(Value::Int(0)));
     }
 
+    /// Every zero date encoding, each followed by a tinyint 7.
+    fn zero_date_images() -> Vec<(ColumnDef, Vec<u8>)> {
+        let datetime2 = |y: i64, m: i64, d: i64| {
+            let int_part: i64 = ((((y * 13 + m) << 5) | d) << 17) | (12 << 12);
+            let mut b = ((int_part + 0x80_0000_0000) as u64).to_be_bytes()[3..].to_vec();
+            b.extend_from_slice(&[0, 0, 0]); // fsp 6
+            b
+        };
+        let date = |y: u32, m: u32, d: u32| ((y << 9) | (m << 5) | d).to_le_bytes()[..3].to_vec();
+        vec![
+            (col(MYSQL_TYPE_DATE, &[]), date(0, 0, 0)),
+            (col(MYSQL_TYPE_DATE, &[]), date(2024, 0, 10)),
+            (col(MYSQL_TYPE_DATE, &[]), date(2024, 3, 0)),
+            (col(MYSQL_TYPE_DATETIME2, &[6]), datetime2(0, 0, 0)),
+            (col(MYSQL_TYPE_DATETIME2, &[6]), datetime2(2024, 0, 10)),
+            (col(MYSQL_TYPE_DATETIME, &[]), 0u64.to_le_bytes().to_vec()),
+            (
+                col(MYSQL_TYPE_DATETIME, &[]),
+                20_240_010_120_000u64.to_le_bytes().to_vec(),
+            ),
+            (col(MYSQL_TYPE_TIMESTAMP2, &[3]), vec![0, 0, 0, 0, 0, 0]),
+            (col(MYSQL_TYPE_TIMESTAMP, &[]), vec![0, 0, 0, 0]),
+        ]
+    }
+
+    #[test]
+    fn zero_dates_are_an_error_by_default() {
+        for (c, bytes) in zero_date_images() {
+            assert_eq!(one(&c, &bytes), Err(ValueError::ZeroDate), "{c:?}");
+            let cols = [c.clone(), col(MYSQL_TYPE_TINY, &[])];
+            let mut data = vec![0u8];
+            data.extend_from_slice(&bytes);
+            data.push(7);
+            assert_eq!(
+                decode_image(&cols, &[true, true], &data).unwrap_err(),
+                (0, ValueError::ZeroDate),
+                "{c:?}"
+            );
+        }
+        let message = ValueError::ZeroDate.to_string();
+        assert!(message.contains("zero date"), "{message}");
+    }
+
+    #[test]
+    fn zero_dates_become_null_outside_the_key_when_configured() {
+        for (c, bytes) in zero_date_images() {
+            let cols = [c.clone(), col(MYSQL_TYPE_TINY, &[])];
+            let mut data = vec![0u8];
+            data.extend_from_slice(&bytes);
+            data.push(7);
+            data.push(9);
+            let (values, rest) =
+                decode_image_with(&cols, &[true, true], &data, ZeroDates::Null, &[1]).unwrap();
+            // The whole value was consumed: the next column decodes.
+            assert_eq!(
+                values,
+                vec![Some(Value::Null), Some(Value::Int(7))],
+                "{c:?}"
+            );
+            assert_eq!(rest, &[9], "{c:?}");
+            // In a primary key column it stays an error.
+            assert_eq!(
+                decode_image_with(&cols, &[true, true], &data, ZeroDates::Null, &[0]).unwrap_err(),
+                (0, ValueError::ZeroDate),
+                "{c:?}"
+            );
+        }
+        // Real dates and other errors are untouched.
+        let v: u32 = (2024 << 9) | (2 << 5) | 29;
+        let data = [&[0u8][..], &v.to_le_bytes()[..3]].concat();
+        let (values, _) = decode_image_with(
+            &[col(MYSQL_TYPE_DATE, &[])],
+            &[true],
+            &data,
+            ZeroDates::Null,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            values,
+            vec![Some(Value::Date(
+                NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()
+            ))]
+        );
+        let date_2024_02_30: u32 = (2024 << 9) | (2 << 5) | 30;
+        let data = [&[0u8][..], &date_2024_02_30.to_le_bytes()[..3]].concat();
+        assert!(matches!(
+            decode_image_with(
+                &[col(MYSQL_TYPE_DATE, &[])],
+                &[true],
+                &data,
+                ZeroDates::Null,
+                &[]
+            ),
+            Err((0, ValueError::Invalid(_)))
+        ));
+    }
+
     #[test]
     fn strings_enums_sets_bits() {
         let mut text = col(MYSQL_TYPE_VARCHAR, &[200, 0]);
@@ -813,6 +952,9 @@ mod tests {
             c.charset = charset;
             c.labels = vec!["a".into()];
             let _ = decode_image(std::slice::from_ref(&c), &[true], &data);
+            let _ = decode_image_with(
+                std::slice::from_ref(&c), &[true], &data, ZeroDates::Null, &[],
+            );
             let _ = c.source_type();
         }
     }

@@ -13,6 +13,7 @@ use tracing::{debug, info, Instrument};
 use crate::binlog_event::convert;
 use crate::binlog_stream::{PositionKind, Refinement, StreamState, TableMap};
 use crate::error::classify;
+use crate::row_value::ZeroDates;
 use crate::sink::redact_url;
 
 /// How often an idle server sends a heartbeat (`MASTER_HEARTBEAT_PERIOD`).
@@ -37,6 +38,9 @@ pub struct MySqlSourceConfig {
     pub server_id: u32,
     /// The captured tables (`database.table`).
     pub tables: Vec<TableId>,
+    /// What a zero date (`0000-00-00`, a zero month or day) decodes to: a
+    /// conversion error (the default) or `Null` (outside the primary key).
+    pub zero_dates: ZeroDates,
 }
 
 impl fmt::Debug for MySqlSourceConfig {
@@ -47,6 +51,7 @@ impl fmt::Debug for MySqlSourceConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("server_id", &self.server_id)
             .field("tables", &self.tables)
+            .field("zero_dates", &self.zero_dates)
             .finish()
     }
 }
@@ -153,7 +158,10 @@ pub(crate) fn source_error(err: mysql_async::Error, store: &str, doing: &str) ->
 /// - a captured table without a primary key fails with
 ///   [`ErrorKind::Schema`] on its first change; a value Callosum cannot
 ///   represent (zero date, negative time, …) with [`ErrorKind::Conversion`]
-///   naming store, table, column and type — never the value;
+///   naming store, table, column and type — never the value; with
+///   [`ZeroDates::Null`], a zero date outside the primary key is `Null`
+///   instead (even in a `NOT NULL` column, which the binlog cannot tell:
+///   the target's constraint then rejects it);
 /// - a resume position the server no longer has fails with
 ///   [`ErrorKind::PositionLost`], from [`MySqlSource::connect`]; it is never
 ///   skipped;
@@ -351,6 +359,7 @@ impl MySqlSource {
             .map_err(fail("requesting the binlog"))?;
         let state = StreamState::new(
             &store,
+            config.zero_dates,
             &config.tables,
             kind,
             resume_from.clone(),
@@ -590,6 +599,7 @@ mod tests {
             password: Some("hunter2".into()),
             server_id: 1,
             tables: vec![],
+            zero_dates: ZeroDates::Error,
         };
         let text = format!("{c:?}");
         assert!(
