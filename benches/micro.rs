@@ -1,10 +1,10 @@
 //! Criterion micro-benchmarks of the hot paths, on the design's `orders`
-//! row shape (design.md §7): pgoutput decoding, change-log append + flush
-//! and read, batch planning and MariaDB statement building.
+//! row shape (design.md §7): pgoutput decoding, binlog row-image decoding,
+//! change-log append + flush and read, batch planning and MariaDB statement
+//! building.
 //!
 //! `cargo bench --bench micro` (all), `cargo bench --bench micro -- plan`
-//! (one group). Binlog row decoding is not here yet: the MariaDB binlog
-//! source has no public decoder entry point in `callosum_mysql`.
+//! (one group).
 
 use callosum::log::ChangeLog;
 use callosum_api::batch::{plan, Step};
@@ -13,10 +13,12 @@ use callosum_api::{
     Value,
 };
 use callosum_mysql::convert::{write_literal, write_quoted, TargetType};
+use callosum_mysql::row_value::{decode_image, ColumnDef};
 use callosum_postgres::pgoutput::{self, PgOutputMessage};
 use callosum_postgres::text_value::{self, oid};
 use chrono::NaiveDate;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mysql_async::consts::ColumnType;
 use std::sync::Arc;
 
 /// Column types of `orders`, as PostgreSQL type OIDs.
@@ -150,6 +152,155 @@ fn bench_pgoutput(c: &mut Criterion) {
         b.iter(|| {
             for m in &messages {
                 black_box(pgoutput::decode(black_box(m)).unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
+/// `orders` as a MariaDB 10.11 table map describes it (utf8mb4 text,
+/// `mysql56_temporal_format`): bigint ×2, varchar(32) (128 bytes: 1-byte
+/// length), decimal(12,2), varchar(200) (800 bytes: 2-byte length),
+/// datetime(6) as DATETIME2.
+fn orders_binlog_columns() -> Vec<ColumnDef> {
+    const UTF8MB4_GENERAL_CI: u16 = 45;
+    let text = |name: &str, max_bytes: u16| {
+        let mut c = ColumnDef::new(
+            name,
+            ColumnType::MYSQL_TYPE_VARCHAR,
+            &max_bytes.to_le_bytes(),
+        );
+        c.charset = UTF8MB4_GENERAL_CI;
+        c
+    };
+    vec![
+        ColumnDef::new("id", ColumnType::MYSQL_TYPE_LONGLONG, &[]),
+        ColumnDef::new("customer_id", ColumnType::MYSQL_TYPE_LONGLONG, &[]),
+        text("status", 32 * 4),
+        ColumnDef::new("amount", ColumnType::MYSQL_TYPE_NEWDECIMAL, &[12, 2]),
+        text("note", 200 * 4),
+        ColumnDef::new("updated_at", ColumnType::MYSQL_TYPE_DATETIME2, &[6]),
+    ]
+}
+
+/// Appends the full row image of [`row_values`]`(id, updated)` as MariaDB
+/// writes it: the null bitmap, then each value in its binlog format.
+fn push_binlog_image(out: &mut Vec<u8>, id: i64, updated: bool) {
+    let [_, _, status, amount, note, _] = row_text(id, updated);
+    out.push(0); // null bitmap of 6 columns: none NULL
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(id % 997).to_le_bytes());
+    out.push(status.len() as u8);
+    out.extend_from_slice(status.as_bytes());
+    // DECIMAL(12,2): 10 integer digits = 1 digit in 1 byte + 9 in 4 bytes
+    // (big-endian), 2 fraction digits in 1 byte; positive: sign bit set.
+    let (int, frac) = amount.split_once('.').unwrap();
+    let (int, frac): (u64, u8) = (int.parse().unwrap(), frac.parse().unwrap());
+    out.push((int / 1_000_000_000) as u8 ^ 0x80);
+    out.extend_from_slice(&((int % 1_000_000_000) as u32).to_be_bytes());
+    out.push(frac);
+    out.extend_from_slice(&(note.len() as u16).to_le_bytes());
+    out.extend_from_slice(note.as_bytes());
+    // DATETIME2(6): 40-bit big-endian packed date-time (offset 2^39), then
+    // the microseconds in 3 big-endian bytes.
+    let (y, mo, d, h, mi, s) = (2024i64, 3, id % 28 + 1, 10, id % 60, id % 60);
+    let packed = ((((y * 13 + mo) << 5) | d) << 17) | (h << 12) | (mi << 6) | s;
+    out.extend_from_slice(&((packed + 0x80_0000_0000) as u64).to_be_bytes()[3..]);
+    out.extend_from_slice(&0u32.to_be_bytes()[1..]);
+}
+
+/// Decodes the rows data of a WRITE_ROWS event the way the binlog source
+/// does (`decode_rows`, `RowsKind::Write`): image after image to the end.
+fn decode_write_rows(columns: &[ColumnDef], present: &[bool], mut data: &[u8]) -> Vec<RowChange> {
+    let mut out = Vec::with_capacity(100);
+    while !data.is_empty() {
+        let (after, rest) = decode_image(columns, present, data).unwrap();
+        data = rest;
+        let row: Option<Vec<Value>> = after.into_iter().collect();
+        out.push(RowChange::Insert { row: row.unwrap() });
+    }
+    out
+}
+
+/// Decodes the rows data of an UPDATE_ROWS event: a before and an after
+/// image per row (`binlog_row_image=FULL`).
+fn decode_update_rows(columns: &[ColumnDef], present: &[bool], mut data: &[u8]) -> Vec<RowChange> {
+    let mut out = Vec::with_capacity(100);
+    while !data.is_empty() {
+        let (before, rest) = decode_image(columns, present, data).unwrap();
+        let (after, rest) = decode_image(columns, present, rest).unwrap();
+        data = rest;
+        let old_key = (after[0] != before[0]).then(|| {
+            let mut k = vec![Value::Null; before.len()];
+            k[0] = before[0].clone().unwrap();
+            k
+        });
+        let row = after
+            .into_iter()
+            .map(|v| v.unwrap_or(Value::Unchanged))
+            .collect();
+        out.push(RowChange::Update { old_key, row });
+    }
+    out
+}
+
+fn bench_binlog(c: &mut Criterion) {
+    let columns = orders_binlog_columns();
+    let present = [true; 6];
+    // 10 WRITE_ROWS / UPDATE_ROWS events of 100 rows each: 1,000 rows.
+    let writes: Vec<Vec<u8>> = (0..10)
+        .map(|e| {
+            let mut body = Vec::with_capacity(100 * 128);
+            for id in e * 100 + 1..=e * 100 + 100 {
+                push_binlog_image(&mut body, id, false);
+            }
+            body
+        })
+        .collect();
+    let updates: Vec<Vec<u8>> = (0..10)
+        .map(|e| {
+            let mut body = Vec::with_capacity(200 * 128);
+            for id in e * 100 + 1..=e * 100 + 100 {
+                push_binlog_image(&mut body, id, false);
+                push_binlog_image(&mut body, id, true);
+            }
+            body
+        })
+        .collect();
+    // the images decode to exactly the rows they were built from
+    for (e, (w, u)) in writes.iter().zip(&updates).enumerate() {
+        let first = e as i64 * 100 + 1;
+        for (id, change) in (first..).zip(decode_write_rows(&columns, &present, w)) {
+            assert_eq!(
+                change,
+                RowChange::Insert {
+                    row: row_values(id, false)
+                }
+            );
+        }
+        for (id, change) in (first..).zip(decode_update_rows(&columns, &present, u)) {
+            assert_eq!(
+                change,
+                RowChange::Update {
+                    old_key: None,
+                    row: row_values(id, true)
+                }
+            );
+        }
+    }
+    let mut g = c.benchmark_group("binlog");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("decode_write_rows_1000", |b| {
+        b.iter(|| {
+            for body in &writes {
+                black_box(decode_write_rows(&columns, &present, black_box(body)));
+            }
+        })
+    });
+    g.bench_function("decode_update_rows_1000", |b| {
+        b.iter(|| {
+            for body in &updates {
+                black_box(decode_update_rows(&columns, &present, black_box(body)));
             }
         })
     });
@@ -427,6 +578,7 @@ fn bench_mysql_statements(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_pgoutput,
+    bench_binlog,
     bench_change_log,
     bench_plan,
     bench_mysql_statements
