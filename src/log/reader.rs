@@ -227,4 +227,18 @@ impl LogReader {
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
+
+    /// Moves the cursor past transaction `seq` without storing it: for a
+    /// reader that reads ahead of what is applied.
+    pub fn skip_past(&mut self, seq: u64) {
+        self.next_seq = seq + 1;
+    }
+
+    /// A second reader of the same pipeline at the same place, to read ahead
+    /// in another task. Only one of them should [`mark_applied`](Self::mark_applied).
+    pub fn fork(&self) -> LogReader {
+        let mut reader = LogReader::new(self.store.clone(), &self.pipeline);
+        reader.next_seq = self.next_seq;
+        reader
+    }
 }

@@ -273,6 +273,21 @@ pub(crate) fn checkpoint_ddl() -> String {
     ddl
 }
 
+/// [`checkpoint_ddl`] made safe to run from several sessions at once: two
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table race on the catalog
+/// (one fails with a unique violation on `pg_type`), so creators take a
+/// transaction-scoped advisory lock first.
+fn create_checkpoint_sql() -> String {
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({CHECKPOINT_DDL_LOCK}); {}; COMMIT",
+        checkpoint_ddl()
+    )
+}
+
+/// Advisory lock key serialising the creation of the checkpoint table
+/// (`callosum` in ASCII).
+const CHECKPOINT_DDL_LOCK: i64 = 0x63616c6c6f73756d;
+
 /// Creates `public.callosum_checkpoint` in the sink's store if it is
 /// missing. The agent calls it before a PostgreSQL source of the same store
 /// connects, so that the source's publication includes the table and
@@ -281,7 +296,7 @@ pub(crate) fn checkpoint_ddl() -> String {
 pub async fn ensure_checkpoint_table(config: &PgSinkConfig) -> Result<(), ConnectorError> {
     let (client, _task) = open(config).await?;
     client
-        .batch_execute(&checkpoint_ddl())
+        .batch_execute(&create_checkpoint_sql())
         .await
         .map_err(|e| from_sql_without_values(&config.store, "create the checkpoint table", e))
 }
@@ -481,7 +496,7 @@ impl PgSink {
             .await?
             .is_none()
         {
-            conn.simple(&checkpoint_ddl(), &format!("create `{checkpoint}`"))
+            conn.simple(&create_checkpoint_sql(), &format!("create `{checkpoint}`"))
                 .await?;
             info!(store = %store, table = %checkpoint, "created checkpoint table");
         }
