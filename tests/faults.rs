@@ -175,3 +175,70 @@ async fn a_value_the_target_rejects_halts_the_pipeline_and_status_says_why() {
     assert_eq!(rows, vec![vec![Some("1".to_string())]]);
     agent.stop().await;
 }
+
+fn peak_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_transaction_replicates_in_bounded_memory() {
+    let db = databases(PgServer::shared(), MariaDbServer::shared(), "million").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("callosum.toml");
+    std::fs::write(
+        &config,
+        common::config_toml(
+            &db,
+            &dir.path().join("data"),
+            &["public.orders"],
+            "127.0.0.1:0",
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute(
+            "INSERT INTO orders SELECT g, g % 1000, 'bulk', (g % 10000) + 0.25, 'a note of some length for row ' || g
+               FROM generate_series(1, 1000000) g",
+        )
+        .await
+        .unwrap();
+    common::wait_for(
+        "the million rows in MariaDB",
+        Duration::from_secs(900),
+        || async {
+            common::mysql_rows(&db.mysql, "SELECT CAST(count(*) AS CHAR) FROM orders").await
+                == vec![vec![Some("1000000".to_string())]]
+        },
+    )
+    .await;
+    let rss = peak_rss_bytes(pid);
+    eprintln!(
+        "peak RSS of the agent over a 1,000,000-row transaction: {} MB",
+        rss >> 20
+    );
+    assert!(
+        rss < 300 << 20,
+        "the log is the spill: peak RSS {} MB must stay under 300 MB",
+        rss >> 20
+    );
+    common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+}
