@@ -10,6 +10,7 @@
 
 pub mod batch;
 mod error;
+pub mod mapping;
 mod position;
 mod value;
 

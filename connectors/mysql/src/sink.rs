@@ -5,6 +5,7 @@
 use crate::convert::{write_literal, write_quoted, TargetType};
 use crate::error::classify;
 use callosum_api::batch::{plan, same_schema, Step};
+use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
     CHECKPOINT_TABLE,
@@ -86,12 +87,6 @@ pub(crate) struct TargetTable {
     pub columns: Vec<TargetColumn>,
     /// Indexes into `columns`, in primary-key order. Empty: no primary key.
     pub primary_key: Vec<usize>,
-}
-
-impl TargetTable {
-    fn column(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
-    }
 }
 
 /// Reads the columns and primary key of `db.table`; `None` when the table
@@ -208,16 +203,6 @@ pub(crate) fn push_table(out: &mut String, table: &TableId) {
     push_ident(out, &table.namespace);
     out.push('.');
     push_ident(out, &table.name);
-}
-
-/// How one source schema maps onto its target table.
-#[derive(Debug)]
-struct ColumnMap {
-    schema: Arc<TableSchema>,
-    /// Target column index per source column.
-    target: Vec<usize>,
-    /// Source column index per target primary-key column.
-    key_sources: Vec<usize>,
 }
 
 /// A sink that applies whole source transactions to a MySQL or MariaDB
@@ -350,46 +335,30 @@ impl MySqlSink {
                 ),
             )
         })?;
-        let mut target = Vec::with_capacity(schema.columns.len());
-        for column in &schema.columns {
-            let Some(i) = table.column(&column.name) else {
-                return Err(ConnectorError::new(
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let map = ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+            Mismatch::MissingColumn(s) => {
+                let column = &schema.columns[s].name;
+                ConnectorError::new(
                     ErrorKind::Schema,
                     format!(
-                        "column `{}` of `{source}` is missing in target table `{}` of store `{store}`",
-                        column.name, table.id
+                        "column `{column}` of `{source}` is missing in target table `{}` of store `{store}`",
+                        table.id
                     ),
                 )
-                .with_hint(format!("add column `{}` to `{}`", column.name, table.id)));
-            };
-            target.push(i);
-        }
-        let mut key_sources = Vec::with_capacity(table.primary_key.len());
-        for &k in &table.primary_key {
-            let name = &table.columns[k].name;
-            match schema.column_index(name) {
-                Some(s) if schema.columns[s].is_key => key_sources.push(s),
-                _ => {
-                    return Err(ConnectorError::new(
-                        ErrorKind::Schema,
-                        format!(
-                            "primary key column `{name}` of target table `{}` in store `{store}` \
-                             is not a key column of source table `{source}`",
-                            table.id
-                        ),
-                    )
-                    .with_hint("make the target's primary key the source table's key"))
-                }
+                .with_hint(format!("add column `{column}` to `{}`", table.id))
             }
-        }
-        self.maps.insert(
-            source.clone(),
-            ColumnMap {
-                schema: schema.clone(),
-                target,
-                key_sources,
-            },
-        );
+            Mismatch::KeyNotInSource(k) => ConnectorError::new(
+                ErrorKind::Schema,
+                format!(
+                    "primary key column `{}` of target table `{}` in store `{store}` \
+                     is not a key column of source table `{source}`",
+                    table.columns[k].name, table.id
+                ),
+            )
+            .with_hint("make the target's primary key the source table's key"),
+        })?;
+        self.maps.insert(source.clone(), map);
         Ok(())
     }
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use callosum_api::batch::{plan, same_schema, Step};
+use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
     CHECKPOINT_TABLE,
@@ -128,12 +129,6 @@ pub(crate) struct TargetTable {
     /// Another table's foreign key references this one: `TRUNCATE` would
     /// fail, truncate steps use `DELETE`.
     pub referenced: bool,
-}
-
-impl TargetTable {
-    fn column(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
-    }
 }
 
 /// Reads the columns and primary key of `schema.table` (an ordinary or
@@ -299,16 +294,6 @@ pub async fn ensure_checkpoint_table(config: &PgSinkConfig) -> Result<(), Connec
         .batch_execute(&create_checkpoint_sql())
         .await
         .map_err(|e| from_sql_without_values(&config.store, "create the checkpoint table", e))
-}
-
-/// How one source schema maps onto its target table.
-#[derive(Debug)]
-struct ColumnMap {
-    schema: Arc<TableSchema>,
-    /// Target column index per source column.
-    target: Vec<usize>,
-    /// Source column index per target primary-key column.
-    key_sources: Vec<usize>,
 }
 
 /// A target table with the sink's per-connection state for it.
@@ -609,46 +594,30 @@ impl PgSink {
                 )
             })?
             .table;
-        let mut target = Vec::with_capacity(schema.columns.len());
-        for column in &schema.columns {
-            let Some(i) = table.column(&column.name) else {
-                return Err(ConnectorError::new(
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let map = ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+            Mismatch::MissingColumn(s) => {
+                let column = &schema.columns[s].name;
+                ConnectorError::new(
                     ErrorKind::Schema,
                     format!(
-                        "postgres store `{store}`: column `{}` of source table `{source}` is missing in target table `{}`",
-                        column.name, table.id
+                        "postgres store `{store}`: column `{column}` of source table `{source}` is missing in target table `{}`",
+                        table.id
                     ),
                 )
-                .with_hint(format!("add column `{}` to `{}`", column.name, table.id)));
-            };
-            target.push(i);
-        }
-        let mut key_sources = Vec::with_capacity(table.primary_key.len());
-        for &k in &table.primary_key {
-            let name = &table.columns[k].name;
-            match schema.column_index(name) {
-                Some(s) if schema.columns[s].is_key => key_sources.push(s),
-                _ => {
-                    return Err(ConnectorError::new(
-                        ErrorKind::Schema,
-                        format!(
-                            "postgres store `{store}`: primary key column `{name}` of target table `{}` \
-                             is not a key column of source table `{source}`",
-                            table.id
-                        ),
-                    )
-                    .with_hint("make the target's primary key the source table's key"))
-                }
+                .with_hint(format!("add column `{column}` to `{}`", table.id))
             }
-        }
-        self.maps.insert(
-            source.clone(),
-            ColumnMap {
-                schema: schema.clone(),
-                target,
-                key_sources,
-            },
-        );
+            Mismatch::KeyNotInSource(k) => ConnectorError::new(
+                ErrorKind::Schema,
+                format!(
+                    "postgres store `{store}`: primary key column `{}` of target table `{}` \
+                     is not a key column of source table `{source}`",
+                    table.columns[k].name, table.id
+                ),
+            )
+            .with_hint("make the target's primary key the source table's key"),
+        })?;
+        self.maps.insert(source.clone(), map);
         Ok(())
     }
 
