@@ -5,17 +5,11 @@
 mod common;
 
 use callosum_api::Position;
-use common::MirroredTable;
-use std::process::Stdio;
+use common::agent_process::{self, write_pg_to_mysql_config};
+use common::schema::{create_plain_orders, PLAIN_ORDERS as ORDERS};
+use std::path::Path;
 use std::time::Duration;
-use tokio::process::{Child, Command};
-
-const ORDERS: MirroredTable = MirroredTable {
-    name: "orders",
-    pg_select: "id::text, customer_id::text, status, amount::text, note",
-    mysql_select: "CAST(id AS CHAR), CAST(customer_id AS CHAR), status, CAST(amount AS CHAR), note",
-    compare: &[],
-};
+use tokio::process::Child;
 
 /// Records every write of the checkpoint row, in the same target
 /// transaction (so rolled-back attempts leave nothing).
@@ -26,21 +20,8 @@ const AUDIT_DDL: &[&str] = &[
     "CREATE TRIGGER audit_update AFTER UPDATE ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position)",
 ];
 
-fn spawn_agent(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_callosum"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("CALLOSUM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+fn spawn_agent(config: &Path, log: &Path) -> Child {
+    agent_process::spawn_agent(config, log, &[("CALLOSUM_LOG", "info")])
 }
 
 async fn audit_rows(pool: &mysql_async::Pool) -> Vec<String> {
@@ -86,27 +67,13 @@ async fn write_orders(url: String, transactions: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
     let db = common::fresh_databases("crash").await;
-    db.pg
-        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note varchar(200))")
-        .await
-        .unwrap();
-    common::mysql_exec(&db.mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200))").await;
+    create_plain_orders(&db).await;
     for ddl in AUDIT_DDL {
         common::mysql_exec(&db.mysql, ddl).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("callosum.toml");
+    let config = write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
     let agent_log = dir.path().join("agent.log");
-    std::fs::write(
-        &config,
-        common::config_toml(
-            &db,
-            &dir.path().join("data"),
-            &["public.orders"],
-            "127.0.0.1:0",
-        ),
-    )
-    .unwrap();
 
     let mut agent = spawn_agent(&config, &agent_log);
     common::wait_for_slot(&db).await;
@@ -121,8 +88,7 @@ async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
             || async { audit_rows(&db.mysql).await.len() >= seen + 3 },
         )
         .await;
-        agent.start_kill().unwrap();
-        let status = agent.wait().await.unwrap();
+        let status = agent_process::kill(&mut agent).await;
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9)
@@ -158,20 +124,9 @@ async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_with_exit_zero() {
     let db = common::fresh_databases("sigterm").await;
-    db.pg.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note varchar(200))").await.unwrap();
-    common::mysql_exec(&db.mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200))").await;
+    create_plain_orders(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("callosum.toml");
-    std::fs::write(
-        &config,
-        common::config_toml(
-            &db,
-            &dir.path().join("data"),
-            &["public.orders"],
-            "127.0.0.1:0",
-        ),
-    )
-    .unwrap();
+    let config = write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
     let agent_log = dir.path().join("agent.log");
     let mut agent = spawn_agent(&config, &agent_log);
     common::wait_for_slot(&db).await;

@@ -8,29 +8,16 @@ use callosum::agent::Agent;
 use callosum::config::Config;
 use callosum::http::PipelineState;
 use callosum::testkit::{MariaDbServer, PgServer};
-use common::{Databases, MirroredTable};
+use common::agent_process::{spawn_agent, write_pg_to_mysql_config};
+use common::schema::{MYSQL_PLAIN_ORDERS as MYSQL_ORDERS, PLAIN_ORDERS as ORDERS};
+use common::Databases;
 use std::time::{Duration, Instant};
 
-const ORDERS: MirroredTable = MirroredTable {
-    name: "orders",
-    pg_select: "id::text, customer_id::text, status, amount::text, note",
-    mysql_select: "CAST(id AS CHAR), CAST(customer_id AS CHAR), status, CAST(amount AS CHAR), note",
-    compare: &[],
-};
-
+/// `note` is text here, VARCHAR(200) in MariaDB.
 const PG_ORDERS: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note text)";
-const MYSQL_ORDERS: &str = "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200))";
 
 async fn databases(pg: &PgServer, mysql: &MariaDbServer, prefix: &str) -> Databases {
-    common::init_logging();
-    let pg_url = pg.fresh_database(prefix).await.unwrap();
-    let mysql_url = mysql.fresh_database(prefix).await.unwrap();
-    let db = Databases {
-        pg: common::pg_client(&pg_url).await,
-        mysql: mysql_async::Pool::new(mysql_url.as_str()),
-        pg_url,
-        mysql_url,
-    };
+    let db = common::fresh_databases_on(pg, mysql, prefix).await;
     db.pg.batch_execute(PG_ORDERS).await.unwrap();
     common::mysql_exec(&db.mysql, MYSQL_ORDERS).await;
     db
@@ -190,26 +177,8 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 async fn a_million_row_transaction_replicates_in_bounded_memory() {
     let db = databases(PgServer::shared(), MariaDbServer::shared(), "million").await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("callosum.toml");
-    std::fs::write(
-        &config,
-        common::config_toml(
-            &db,
-            &dir.path().join("data"),
-            &["public.orders"],
-            "127.0.0.1:0",
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let config = write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
+    let mut agent = spawn_agent(&config, &dir.path().join("agent.log"), &[]);
     let pid = agent.id().unwrap();
     common::wait_for_slot(&db).await;
     db.pg

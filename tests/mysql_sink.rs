@@ -1,6 +1,8 @@
 //! The MySQL/MariaDB sink against a real MariaDB (the test kit's shared
 //! server, one fresh database per test).
 
+mod common;
+
 use std::sync::Arc;
 
 use callosum::testkit::MariaDbServer;
@@ -10,6 +12,7 @@ use callosum_api::{
 };
 use callosum_mysql::{check_target, MySqlSink, MySqlSinkConfig};
 use chrono::{NaiveDate, TimeZone, Utc};
+use common::store_db::{fresh_mysql_db, MySqlDb as Db};
 use mysql_async::prelude::Queryable;
 
 const ORDERS_DDL: &str = "CREATE TABLE orders (
@@ -31,26 +34,8 @@ const ORDERS_DDL: &str = "CREATE TABLE orders (
     doc JSON
 )";
 
-struct Db {
-    url: String,
-    database: String,
-    conn: mysql_async::Conn,
-}
-
 async fn fresh(prefix: &str) -> Db {
-    let url = MariaDbServer::shared()
-        .fresh_database(prefix)
-        .await
-        .expect("fresh database");
-    let database = url.rsplit('/').next().unwrap().to_string();
-    let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
-        .await
-        .expect("connect");
-    Db {
-        url,
-        database,
-        conn,
-    }
+    fresh_mysql_db(MariaDbServer::shared(), prefix).await
 }
 
 fn config(db: &Db, tables: &[&str]) -> MySqlSinkConfig {

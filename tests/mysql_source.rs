@@ -2,6 +2,8 @@
 //! shared server, one fresh database per test; the binlog is shared by all
 //! of them, so every test captures only its own database's tables).
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -12,28 +14,10 @@ use callosum_api::{
 };
 use callosum_mysql::{check_source, MySqlSource, MySqlSourceConfig, ZeroDates};
 use chrono::{DateTime, NaiveDate, NaiveTime};
+use common::store_db::{fresh_mysql_db as fresh_on, MySqlDb as Db};
 use mysql_async::prelude::Queryable;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Db {
-    url: String,
-    database: String,
-    conn: mysql_async::Conn,
-}
-
-async fn fresh_on(server: &MariaDbServer, prefix: &str) -> Db {
-    let url = server.fresh_database(prefix).await.expect("fresh database");
-    let database = url.rsplit('/').next().unwrap().to_string();
-    let conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url).unwrap())
-        .await
-        .expect("connect");
-    Db {
-        url,
-        database,
-        conn,
-    }
-}
 
 async fn fresh(prefix: &str) -> Db {
     fresh_on(MariaDbServer::shared(), prefix).await

@@ -7,6 +7,8 @@ mod common;
 use callosum::agent::Agent;
 use callosum::config::Config;
 use callosum_api::Position;
+use common::agent_process::{self, spawn_agent, write_config};
+use common::schema::{self, LINE_ITEMS, ORDERS};
 use common::{Compare, Databases, MirroredTable, TestPipeline};
 use mysql_async::prelude::Queryable;
 use rand::rngs::StdRng;
@@ -14,31 +16,15 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Besides orders and line_items (`common::schema`).
 const MYSQL_SCHEMA: &[&str] = &[
-    "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200), updated_at DATETIME(6))",
-    "CREATE TABLE line_items (order_id BIGINT, line_no INT, product VARCHAR(50) NOT NULL, qty INT NOT NULL, price DECIMAL(10,2), PRIMARY KEY (order_id, line_no))",
     "CREATE TABLE type_zoo (id INT PRIMARY KEY, flag TINYINT(1), ti TINYINT, si SMALLINT, mi MEDIUMINT, i INT, bi BIGINT, ubi BIGINT UNSIGNED, ui INT UNSIGNED, dec_ DECIMAL(20,6), f FLOAT, d DOUBLE, c CHAR(8), vc VARCHAR(100), t TEXT, b BLOB, vb VARBINARY(16), dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP(6) NULL, y YEAR, j JSON, e ENUM('red','green','blue'), s SET('a','b','c'), bt BIT(8))",
 ];
 
+/// Besides orders and line_items (`common::schema`).
 const PG_SCHEMA: &str = "
-CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note varchar(200), updated_at timestamp);
-CREATE TABLE line_items (order_id bigint, line_no int, product varchar(50) NOT NULL, qty int NOT NULL, price numeric(10,2), PRIMARY KEY (order_id, line_no));
 CREATE TABLE type_zoo (id int PRIMARY KEY, flag bool, ti int2, si int2, mi int4, i int4, bi int8, ubi numeric(20,0), ui int8, dec_ numeric(20,6), f float4, d float8, c char(8), vc varchar(100), t text, b bytea, vb bytea, dt date, tm time, dtm timestamp, ts timestamptz, y int2, j jsonb, e text, s text, bt int4);
 ";
-
-const ORDERS: MirroredTable = MirroredTable {
-    name: "orders",
-    pg_select: "id::text, customer_id::text, status, amount::text, note, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS.US')",
-    mysql_select: "CAST(id AS CHAR), CAST(customer_id AS CHAR), status, CAST(amount AS CHAR), note, DATE_FORMAT(updated_at, '%Y-%m-%d %H:%i:%s.%f')",
-    compare: &[],
-};
-
-const LINE_ITEMS: MirroredTable = MirroredTable {
-    name: "line_items",
-    pg_select: "order_id::text || '/' || line_no::text, product, qty::text, price::text",
-    mysql_select: "CONCAT(order_id, '/', line_no), product, CAST(qty AS CHAR), CAST(price AS CHAR)",
-    compare: &[],
-};
 
 const TYPE_ZOO: MirroredTable = MirroredTable {
     name: "type_zoo",
@@ -55,6 +41,7 @@ const TYPE_ZOO: MirroredTable = MirroredTable {
 };
 
 async fn create_schemas(db: &Databases) {
+    schema::create_orders_and_line_items(db).await;
     db.pg.batch_execute(PG_SCHEMA).await.unwrap();
     for ddl in MYSQL_SCHEMA {
         common::mysql_exec(&db.mysql, ddl).await;
@@ -403,33 +390,17 @@ async fn sigkill_mid_stream_mysql_to_pg_neither_loses_nor_repeats() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("callosum.toml");
-    std::fs::write(
-        &config,
-        common::config_toml_with(
+    let config = write_config(
+        dir.path(),
+        &common::config_toml_with(
             &db,
             &dir.path().join("data"),
             &[mysql_to_pg(&["orders"])],
             "127.0.0.1:0",
         ),
-    )
-    .unwrap();
+    );
     let agent_log = dir.path().join("agent.log");
-    let spawn = || {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&agent_log)
-            .unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || spawn_agent(&config, &agent_log, &[]);
     let mut agent = spawn();
     // the binlog source starts at the current position: wait for its checkpoint table write
     common::wait_for("the agent to connect", Duration::from_secs(60), || async {
@@ -493,8 +464,7 @@ async fn sigkill_mid_stream_mysql_to_pg_neither_loses_nor_repeats() {
             || async { audit_len().await >= seen + 3 },
         )
         .await;
-        agent.start_kill().unwrap();
-        agent.wait().await.unwrap();
+        agent_process::kill(&mut agent).await;
         agent = spawn();
     }
     assert!(!writer.is_finished(), "the kills must happen mid-stream");

@@ -1,6 +1,8 @@
 //! The PostgreSQL sink against a real PostgreSQL (the test kit's shared
 //! server, one fresh database per test).
 
+mod common;
+
 use std::sync::Arc;
 
 use callosum::testkit::PgServer;
@@ -10,7 +12,7 @@ use callosum_api::{
 };
 use callosum_postgres::{check_target, PgSink, PgSinkConfig, UpsertStrategy};
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
-use tokio_postgres::{Client, NoTls};
+use common::store_db::{fresh_pg_db, PgDb as Db};
 
 const STRATEGIES: [UpsertStrategy; 3] = [
     UpsertStrategy::Values,
@@ -27,24 +29,8 @@ const ORDERS_DDL: &str = "CREATE TABLE orders (
     updated_at timestamp
 )";
 
-struct Db {
-    url: String,
-    name: String,
-    client: Client,
-}
-
 async fn fresh(prefix: &str, ddl: &str) -> Db {
-    let url = PgServer::shared()
-        .fresh_database(prefix)
-        .await
-        .expect("fresh database");
-    let name = url.rsplit('/').next().unwrap().to_string();
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    if !ddl.is_empty() {
-        client.batch_execute(ddl).await.expect("ddl");
-    }
-    Db { url, name, client }
+    fresh_pg_db(PgServer::shared(), prefix, ddl).await
 }
 
 fn config(db: &Db, tables: &[&str]) -> PgSinkConfig {

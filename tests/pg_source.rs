@@ -1,6 +1,8 @@
 //! The PostgreSQL source against a real server (the test kit's shared
 //! PostgreSQL 15, `wal_level = logical`; one fresh database per test).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,26 +13,10 @@ use callosum_api::{
 };
 use callosum_postgres::{check, PgSource, PgSourceConfig};
 use chrono::{NaiveDate, NaiveTime};
+use common::store_db::{fresh_pg_db as fresh_db, PgDb as Db};
 use tokio_postgres::{Client, NoTls};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Db {
-    url: String,
-    name: String,
-    client: Client,
-}
-
-async fn fresh_db(server: &PgServer, prefix: &str, ddl: &str) -> Db {
-    let url = server.fresh_database(prefix).await.expect("fresh database");
-    let name = url.rsplit('/').next().unwrap().to_string();
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    if !ddl.is_empty() {
-        client.batch_execute(ddl).await.expect("ddl");
-    }
-    Db { url, name, client }
-}
 
 async fn db(prefix: &str, ddl: &str) -> Db {
     fresh_db(PgServer::shared(), prefix, ddl).await

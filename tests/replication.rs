@@ -5,29 +5,15 @@ mod common;
 
 use callosum::agent::Agent;
 use callosum::config::Config;
+use common::schema::{self, LINE_ITEMS, ORDERS};
 use common::{Compare, Databases, MirroredTable};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Besides orders and line_items (`common::schema`).
 const PG_SCHEMA: &str = "
-CREATE TABLE orders (
-    id bigint PRIMARY KEY,
-    customer_id bigint,
-    status varchar(32),
-    amount numeric(12,2),
-    note varchar(200),
-    updated_at timestamp
-);
-CREATE TABLE line_items (
-    order_id bigint,
-    line_no int,
-    product varchar(50) NOT NULL,
-    qty int NOT NULL,
-    price numeric(10,2),
-    PRIMARY KEY (order_id, line_no)
-);
 CREATE TABLE type_zoo (
     id int PRIMARY KEY,
     b bool, i2 int2, i4 int4, i8 int8, num numeric(20,6), f4 float4, f8 float8,
@@ -37,25 +23,10 @@ CREATE TABLE type_zoo (
 CREATE TABLE uncaptured (id bigserial PRIMARY KEY, payload text);
 ";
 
+/// Besides orders and line_items (`common::schema`).
 const MYSQL_SCHEMA: &[&str] = &[
-    "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, status VARCHAR(32), amount DECIMAL(12,2), note VARCHAR(200), updated_at DATETIME(6))",
-    "CREATE TABLE line_items (order_id BIGINT, line_no INT, product VARCHAR(50) NOT NULL, qty INT NOT NULL, price DECIMAL(10,2), PRIMARY KEY (order_id, line_no))",
     "CREATE TABLE type_zoo (id INT PRIMARY KEY, b TINYINT(1), i2 SMALLINT, i4 INT, i8 BIGINT, num DECIMAL(20,6), f4 FLOAT, f8 DOUBLE, t LONGTEXT, vc VARCHAR(100), ch CHAR(8), `by` LONGBLOB, d DATE, tm TIME(6), ts DATETIME(6), tstz TIMESTAMP(6) NULL, u CHAR(36), j JSON, jb JSON)",
 ];
-
-const ORDERS: MirroredTable = MirroredTable {
-    name: "orders",
-    pg_select: "id::text, customer_id::text, status, amount::text, note, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS.US')",
-    mysql_select: "CAST(id AS CHAR), CAST(customer_id AS CHAR), status, CAST(amount AS CHAR), note, DATE_FORMAT(updated_at, '%Y-%m-%d %H:%i:%s.%f')",
-    compare: &[],
-};
-
-const LINE_ITEMS: MirroredTable = MirroredTable {
-    name: "line_items",
-    pg_select: "order_id::text || '/' || line_no::text, product, qty::text, price::text",
-    mysql_select: "CONCAT(order_id, '/', line_no), product, CAST(qty AS CHAR), CAST(price AS CHAR)",
-    compare: &[],
-};
 
 const TYPE_ZOO: MirroredTable = MirroredTable {
     name: "type_zoo",
@@ -70,6 +41,7 @@ const TYPE_ZOO: MirroredTable = MirroredTable {
 };
 
 async fn create_schemas(db: &Databases) {
+    schema::create_orders_and_line_items(db).await;
     db.pg.batch_execute(PG_SCHEMA).await.unwrap();
     for ddl in MYSQL_SCHEMA {
         common::mysql_exec(&db.mysql, ddl).await;
@@ -382,35 +354,20 @@ async fn check_rejects_wal_level_replica_with_the_fix() {
     .await
     .unwrap()
     .unwrap();
-    let pg_url = server.fresh_database("walreplica").await.unwrap();
-    let mysql_url = callosum::testkit::MariaDbServer::shared()
-        .fresh_database("walreplica")
-        .await
-        .unwrap();
-    let pg = common::pg_client(&pg_url).await;
-    pg.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY)")
-        .await
-        .unwrap();
-    let mysql = mysql_async::Pool::new(mysql_url.as_str());
-    common::mysql_exec(&mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY)").await;
-    let db = Databases {
-        pg_url,
-        mysql_url,
-        pg,
-        mysql,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("callosum.toml");
-    std::fs::write(
-        &config,
-        common::config_toml(
-            &db,
-            &dir.path().join("data"),
-            &["public.orders"],
-            "127.0.0.1:0",
-        ),
+    let db = common::fresh_databases_on(
+        &server,
+        callosum::testkit::MariaDbServer::shared(),
+        "walreplica",
     )
-    .unwrap();
+    .await;
+    db.pg
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    common::mysql_exec(&db.mysql, "CREATE TABLE orders (id BIGINT PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        common::agent_process::write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
         .args(["check", "--config"])
         .arg(&config)

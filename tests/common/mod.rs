@@ -3,6 +3,10 @@
 //! PostgreSQL table with its MariaDB mirror.
 #![allow(dead_code)]
 
+pub mod agent_process;
+pub mod schema;
+pub mod store_db;
+
 use mysql_async::prelude::Queryable;
 use std::path::Path;
 use std::time::Duration;
@@ -18,12 +22,18 @@ pub struct Databases {
 }
 
 pub async fn fresh_databases(prefix: &str) -> Databases {
+    fresh_databases_on(PgServer::shared(), MariaDbServer::shared(), prefix).await
+}
+
+/// Fresh databases on the given servers (a test's own, or the shared ones).
+pub async fn fresh_databases_on(
+    pg_server: &PgServer,
+    mysql_server: &MariaDbServer,
+    prefix: &str,
+) -> Databases {
     init_logging();
-    let pg_url = PgServer::shared().fresh_database(prefix).await.unwrap();
-    let mysql_url = MariaDbServer::shared()
-        .fresh_database(prefix)
-        .await
-        .unwrap();
+    let pg_url = pg_server.fresh_database(prefix).await.unwrap();
+    let mysql_url = mysql_server.fresh_database(prefix).await.unwrap();
     let pg = pg_client(&pg_url).await;
     let mysql = mysql_async::Pool::new(mysql_url.as_str());
     Databases {
