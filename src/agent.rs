@@ -24,6 +24,9 @@ use crate::retry::RetryPolicy;
 
 /// How often applied transactions are removed from the log.
 const TRUNCATE_EVERY: Duration = Duration::from_secs(1);
+/// How often `callosum_source_lag_bytes` is read from a PostgreSQL slot:
+/// an alerting signal, not a hot path.
+const SLOT_LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// A running agent: its workers, metrics and status.
 pub struct Agent {
@@ -137,6 +140,15 @@ impl Agent {
                 metrics: metrics.store(store_name),
                 status: status.clone(),
             };
+            if let Ok(SourceConfig::Postgres(source)) =
+                source_config(store_name, &config.stores[store_name], Vec::new())
+            {
+                let span = tracing::info_span!("slot_lag", store = %store_name);
+                workers.spawn(
+                    report_slot_lag(source, metrics.store(store_name), shutdown_rx.clone())
+                        .instrument(span),
+                );
+            }
             let span = tracing::info_span!("capture", store = %store_name);
             workers.spawn(worker.run(writer, shutdown_rx.clone()).instrument(span));
         }
@@ -191,6 +203,55 @@ impl Agent {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Keeps `callosum_source_lag_bytes` of a PostgreSQL store current: the
+/// server's WAL position minus the slot's confirmed position, i.e. the WAL
+/// the server retains for Callosum. Uses its own connection, so a slow
+/// catalog query never stalls capture; failures are retried at the next tick.
+async fn report_slot_lag(
+    source: PgSourceConfig,
+    metrics: StoreMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        if sleep_or_stop(SLOT_LAG_EVERY, &mut shutdown).await {
+            return;
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = match source.pg_config() {
+                Ok(config) => match config.connect(tokio_postgres::NoTls).await {
+                    Ok((c, connection)) => {
+                        tokio::spawn(connection);
+                        Some(c)
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "cannot read the slot's lag");
+                        None
+                    }
+                },
+                Err(_) => return,
+            };
+        }
+        let Some(c) = &client else { continue };
+        let lag = c
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&source.slot],
+            )
+            .await;
+        match lag {
+            Ok(row) => {
+                let bytes: i64 = row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0);
+                metrics.source_lag_bytes.set(bytes.max(0));
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the slot's lag");
+                client = None;
+            }
+        }
     }
 }
 
