@@ -24,6 +24,10 @@ use crate::retry::RetryPolicy;
 
 /// How often applied transactions are removed from the log.
 const TRUNCATE_EVERY: Duration = Duration::from_secs(1);
+/// A change-log flush pending this long means the log's disk has failed:
+/// sled waits forever on a full disk instead of returning an error. Healthy
+/// flushes take milliseconds.
+const LOG_FLUSH_STALL: Duration = Duration::from_secs(30);
 /// How often `callosum_source_lag_bytes` is read from a PostgreSQL slot:
 /// an alerting signal, not a hot path.
 const SLOT_LAG_EVERY: Duration = Duration::from_secs(5);
@@ -164,6 +168,13 @@ impl Agent {
             let span = tracing::info_span!("apply", pipeline = %pipeline.name);
             workers.spawn(worker.run(shutdown_rx.clone()).instrument(span));
         }
+        workers.spawn(watch_log_flushes(
+            log.clone(),
+            readers_by_store.clone(),
+            metrics.clone(),
+            status.clone(),
+            shutdown_rx.clone(),
+        ));
         {
             let log = log.clone();
             let mut stop = shutdown_rx.clone();
@@ -203,6 +214,45 @@ impl Agent {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Halts the pipelines of a store whose change-log flush has been pending for
+/// [`LOG_FLUSH_STALL`]: the capture worker is stuck inside sled and cannot
+/// report it itself. Nothing past the last durable flush was acknowledged,
+/// so moving `data_dir` to a healthy disk and restarting loses nothing.
+async fn watch_log_flushes(
+    log: ChangeLog,
+    readers_by_store: BTreeMap<String, Vec<String>>,
+    metrics: Arc<Metrics>,
+    status: Arc<AgentStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reported = BTreeSet::new();
+    loop {
+        if sleep_or_stop(Duration::from_secs(1), &mut shutdown).await {
+            return;
+        }
+        for (store, pipelines) in &readers_by_store {
+            let stalled =
+                matches!(log.flush_pending_for(store), Ok(Some(d)) if d >= LOG_FLUSH_STALL);
+            if !stalled || !reported.insert(store.clone()) {
+                continue;
+            }
+            let err = ConnectorError::new(
+                callosum_api::ErrorKind::LogStorage,
+                format!(
+                    "the change log of store `{store}` has not finished a flush in {} s: its disk is full or failing",
+                    LOG_FLUSH_STALL.as_secs()
+                ),
+            )
+            .with_hint("free space or fix the disk of data_dir (or move data_dir to a healthy disk) and restart; nothing after the last flush was acknowledged, so nothing is lost");
+            error!(store = %store, error = %err, "capture stopped");
+            metrics.record_error(store, err.kind);
+            for pipeline in pipelines {
+                status.set_state(pipeline, PipelineState::Halted, Some(&err.to_string()));
+            }
+        }
     }
 }
 

@@ -89,6 +89,10 @@ pub(crate) struct StoreLog {
     pub(crate) cursors: sled::Tree,
     /// The next transaction sequence not yet durable: readers may read below it.
     pub(crate) durable: watch::Sender<u64>,
+    /// When the flush in progress started (µs since the epoch), 0 when none:
+    /// sled does not return an error when its disk fills up, it waits
+    /// forever, so a stalled flush is how a failed disk shows.
+    pub(crate) flush_started_micros: std::sync::atomic::AtomicI64,
     writer_taken: Mutex<bool>,
 }
 
@@ -162,6 +166,7 @@ impl ChangeLog {
             meta,
             cursors,
             durable: watch::channel(0).0,
+            flush_started_micros: std::sync::atomic::AtomicI64::new(0),
             writer_taken: Mutex::new(false),
         };
         let head = store.head()?;
@@ -209,6 +214,26 @@ impl ChangeLog {
     /// The position the source of `store` resumes from.
     pub fn resume_position(&self, store: &str) -> Result<Option<Position>, LogError> {
         Ok(self.store(store)?.head()?.resume_position)
+    }
+
+    /// How long the flush in progress for `store` has been waiting, if one
+    /// is. A flush that never returns is how a full or failed disk shows
+    /// (sled waits instead of failing).
+    pub fn flush_pending_for(&self, store: &str) -> Result<Option<std::time::Duration>, LogError> {
+        let started = self
+            .store(store)?
+            .flush_started_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if started == 0 {
+            return Ok(None);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(started);
+        Ok(Some(std::time::Duration::from_micros(
+            (now - started).max(0) as u64,
+        )))
     }
 
     /// Bytes the sled database takes on disk.

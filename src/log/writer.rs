@@ -193,6 +193,7 @@ impl LogWriter {
         if !self.has_unflushed() {
             return Ok(self.head.resume_position.clone());
         }
+        let _pending = FlushInProgress::start(self.store.clone());
         if !self.batch.is_empty() {
             // an open transaction continues in the next batch; its first
             // events stay where they are (a transaction's events are
@@ -243,5 +244,31 @@ impl LogWriter {
             // events already spilled to earlier batches stay there,
             // referenced by no transaction, until truncation removes them
         }
+    }
+}
+
+/// Marks a flush as in progress for [`super::ChangeLog::flush_pending_for`]
+/// until dropped, whatever path the flush takes.
+struct FlushInProgress(Arc<StoreLog>);
+
+impl FlushInProgress {
+    fn start(store: Arc<StoreLog>) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(1)
+            .max(1);
+        store
+            .flush_started_micros
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        Self(store)
+    }
+}
+
+impl Drop for FlushInProgress {
+    fn drop(&mut self) {
+        self.0
+            .flush_started_micros
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
