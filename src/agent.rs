@@ -16,7 +16,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::apply::{self, AppliedBatch, ApplyObserver};
 use crate::capture::{self, CaptureObserver};
-use crate::config::{Config, OnError, PipelineConfig, StoreConfig};
+use crate::config::{Config, PipelineConfig, StoreConfig};
 use crate::http::{AgentStatus, PipelineState};
 use crate::log::{ChangeLog, LogWriter, Pending};
 use crate::metrics::{Metrics, PipelineMetrics, StoreMetrics};
@@ -657,8 +657,7 @@ impl ApplyWorker {
             } else {
                 // dead-lettering is not built yet: a permanent failure halts
                 // the pipeline whatever `on_error` says, so nothing is skipped
-                let _ = OnError::DeadLetter;
-                error!(error = %err, "pipeline halted");
+                error!(error = %err, on_error = self.pipeline.on_error.as_str(), "pipeline halted");
                 self.status.set_state(
                     &self.pipeline.name,
                     PipelineState::Halted,
