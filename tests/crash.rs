@@ -4,35 +4,14 @@
 
 mod common;
 
-use callosum_api::Position;
 use common::agent_process::{self, write_pg_to_mysql_config};
 use common::schema::{create_plain_orders, PLAIN_ORDERS as ORDERS};
 use std::path::Path;
 use std::time::Duration;
 use tokio::process::Child;
 
-/// Records every write of the checkpoint row, in the same target
-/// transaction (so rolled-back attempts leave nothing).
-const AUDIT_DDL: &[&str] = &[
-    "CREATE TABLE callosum_checkpoint (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL, transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
-    "CREATE TABLE checkpoint_audit (seq BIGINT AUTO_INCREMENT PRIMARY KEY, pipeline VARCHAR(255), source_position VARCHAR(255)) ENGINE=InnoDB",
-    "CREATE TRIGGER audit_insert AFTER INSERT ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position)",
-    "CREATE TRIGGER audit_update AFTER UPDATE ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position)",
-];
-
 fn spawn_agent(config: &Path, log: &Path) -> Child {
     agent_process::spawn_agent(config, log, &[("CALLOSUM_LOG", "info")])
-}
-
-async fn audit_rows(pool: &mysql_async::Pool) -> Vec<String> {
-    common::mysql_rows(
-        pool,
-        "SELECT source_position FROM checkpoint_audit ORDER BY seq",
-    )
-    .await
-    .into_iter()
-    .map(|row| row[0].clone().unwrap())
-    .collect()
 }
 
 /// Inserts, updates and deletes orders in 10-statement transactions.
@@ -68,9 +47,7 @@ async fn write_orders(url: String, transactions: i64) {
 async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
     let db = common::fresh_databases("crash").await;
     create_plain_orders(&db).await;
-    for ddl in AUDIT_DDL {
-        common::mysql_exec(&db.mysql, ddl).await;
-    }
+    common::audit::install_mysql(&db.mysql).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
     let agent_log = dir.path().join("agent.log");
@@ -81,11 +58,11 @@ async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
 
     for kill in 1..=3 {
         // let the agent apply a few batches since its (re)start, then kill it
-        let seen = audit_rows(&db.mysql).await.len();
+        let seen = common::audit::mysql_positions(&db.mysql).await.len();
         common::wait_for(
             &format!("the agent to apply batches before kill {kill}"),
             Duration::from_secs(60),
-            || async { audit_rows(&db.mysql).await.len() >= seen + 3 },
+            || async { common::audit::mysql_positions(&db.mysql).await.len() >= seen + 3 },
         )
         .await;
         let status = agent_process::kill(&mut agent).await;
@@ -102,21 +79,12 @@ async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
     writer.await.unwrap();
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
 
-    let positions: Vec<Position> = audit_rows(&db.mysql)
-        .await
-        .iter()
-        .map(|text| text.parse().unwrap())
-        .collect();
+    let positions = common::audit::mysql_positions(&db.mysql).await;
     assert!(positions.len() > 6);
-    for pair in positions.windows(2) {
-        assert!(
-            pair[0] < pair[1],
-            "checkpoint went from {} to {}: a transaction was applied twice (agent log: {})",
-            pair[0],
-            pair[1],
-            agent_log.display()
-        );
-    }
+    common::audit::assert_strictly_increasing(
+        &positions,
+        &format!("agent log: {}", agent_log.display()),
+    );
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
 }

@@ -6,7 +6,6 @@ mod common;
 
 use callosum::agent::Agent;
 use callosum::config::Config;
-use callosum_api::Position;
 use common::agent_process::{self, spawn_agent, write_config};
 use common::schema::{self, LINE_ITEMS, ORDERS};
 use common::{Compare, Databases, MirroredTable, TestPipeline};
@@ -377,18 +376,7 @@ async fn both_directions_at_once_without_echo() {
 async fn sigkill_mid_stream_mysql_to_pg_neither_loses_nor_repeats() {
     let db = common::fresh_databases("mycrash").await;
     create_schemas(&db).await;
-    db.pg
-        .batch_execute(
-            "CREATE TABLE callosum_checkpoint (pipeline text PRIMARY KEY, source_position text NOT NULL, applied_at timestamptz NOT NULL, transactions bigint NOT NULL DEFAULT 0);
-             CREATE TABLE checkpoint_audit (seq bigserial PRIMARY KEY, source_position text);
-             CREATE FUNCTION audit_checkpoint() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN INSERT INTO checkpoint_audit (source_position) VALUES (NEW.source_position); RETURN NEW; END $$;
-             CREATE TRIGGER audit AFTER INSERT OR UPDATE ON callosum_checkpoint FOR EACH ROW EXECUTE FUNCTION audit_checkpoint();
-             -- the sink runs with session_replication_role = replica, like PostgreSQL's own apply workers
-             ALTER TABLE callosum_checkpoint ENABLE ALWAYS TRIGGER audit;",
-        )
-        .await
-        .unwrap();
+    common::audit::install_pg(&db.pg).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -470,25 +458,10 @@ async fn sigkill_mid_stream_mysql_to_pg_neither_loses_nor_repeats() {
     assert!(!writer.is_finished(), "the kills must happen mid-stream");
     writer.await.unwrap();
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
-    let positions: Vec<Position> = db
-        .pg
-        .query(
-            "SELECT source_position FROM checkpoint_audit ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<_, String>(0).parse().unwrap())
-        .collect();
-    for pair in positions.windows(2) {
-        assert!(
-            pair[0] < pair[1],
-            "checkpoint went from {} to {}: applied twice",
-            pair[0],
-            pair[1]
-        );
-    }
+    common::audit::assert_strictly_increasing(
+        &common::audit::pg_positions(&db.pg).await,
+        "mysql_to_pg",
+    );
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent_process;
+pub mod audit;
 pub mod schema;
 pub mod store_db;
 
