@@ -339,29 +339,33 @@ enum StoreKind {
     Mysql,
 }
 
+/// Fails naming every key that is set but belongs to the other kind of
+/// store: `keys` pairs a key with whether it is set.
+fn reject_misplaced(keys: &[(&str, bool)], why: &str) -> Result<(), String> {
+    let misplaced: Vec<String> = keys
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| format!("`{key}`"))
+        .collect();
+    if misplaced.is_empty() {
+        return Ok(());
+    }
+    Err(format!("key {} {why}", misplaced.join(", ")))
+}
+
 impl TryFrom<RawStore> for StoreConfig {
     type Error = String;
 
     fn try_from(raw: RawStore) -> Result<Self, String> {
         match raw.kind {
             StoreKind::Postgres => {
-                let misplaced: Vec<&str> = [
-                    ("server_id", raw.server_id.is_some()),
-                    ("zero_dates", raw.zero_dates.is_some()),
-                ]
-                .into_iter()
-                .filter_map(|(key, set)| set.then_some(key))
-                .collect();
-                if !misplaced.is_empty() {
-                    let keys = misplaced
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    return Err(format!(
-                        "key {keys} applies only to kind = \"mysql\" stores; remove it from this kind = \"postgres\" store"
-                    ));
-                }
+                reject_misplaced(
+                    &[
+                        ("server_id", raw.server_id.is_some()),
+                        ("zero_dates", raw.zero_dates.is_some()),
+                    ],
+                    "applies only to kind = \"mysql\" stores; remove it from this kind = \"postgres\" store",
+                )?;
                 Ok(StoreConfig::Postgres(PostgresStore {
                     url: raw.url,
                     password_env: raw.password_env,
@@ -372,24 +376,14 @@ impl TryFrom<RawStore> for StoreConfig {
                 }))
             }
             StoreKind::Mysql => {
-                let misplaced: Vec<&str> = [
-                    ("slot", raw.slot.is_some()),
-                    ("publication", raw.publication.is_some()),
-                    ("schema", raw.schema.is_some()),
-                ]
-                .into_iter()
-                .filter_map(|(key, set)| set.then_some(key))
-                .collect();
-                if !misplaced.is_empty() {
-                    let keys = misplaced
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    return Err(format!(
-                        "key {keys} applies only to kind = \"postgres\" stores; remove it from this kind = \"mysql\" store (its database is the one in the url)"
-                    ));
-                }
+                reject_misplaced(
+                    &[
+                        ("slot", raw.slot.is_some()),
+                        ("publication", raw.publication.is_some()),
+                        ("schema", raw.schema.is_some()),
+                    ],
+                    "applies only to kind = \"postgres\" stores; remove it from this kind = \"mysql\" store (its database is the one in the url)",
+                )?;
                 let server_id = raw.server_id.ok_or_else(|| {
                     "missing key `server_id` (required for kind = \"mysql\"): the replica id of the binlog connection, unique among the server's replicas, e.g. server_id = 4201"
                         .to_owned()

@@ -806,6 +806,25 @@ impl Ctx<'_> {
             .join(",")
     }
 
+    /// Replaces `arena` with one binary array per source column of
+    /// `columns` (the values of `rows`), and returns each one's range: the
+    /// parameters of an `unnest` statement.
+    fn encode_array_params(
+        &self,
+        columns: &[usize],
+        rows: &[&[Value]],
+        arena: &mut BytesMut,
+    ) -> Result<Vec<Option<Range<usize>>>, ConnectorError> {
+        arena.clear();
+        let mut params = Vec::with_capacity(columns.len());
+        for &s in columns {
+            let start = arena.len();
+            self.encode_array(s, rows.iter().copied(), arena)?;
+            params.push(Some(start..arena.len()));
+        }
+        Ok(params)
+    }
+
     /// Appends a one-dimensional binary array of source column `s`'s values
     /// of `rows` to `out`.
     fn encode_array<'r>(
@@ -910,13 +929,7 @@ async fn upsert_unnest(
         ctx.array_params(&columns, 1),
         ctx.on_conflict(&columns)
     );
-    conn.arena.clear();
-    let mut params = Vec::with_capacity(columns.len());
-    for &s in &columns {
-        let start = conn.arena.len();
-        ctx.encode_array(s, rows.iter().copied(), &mut conn.arena)?;
-        params.push(Some(start..conn.arena.len()));
-    }
+    let params = ctx.encode_array_params(&columns, rows, &mut conn.arena)?;
     conn.execute(
         &sql,
         &params,
@@ -1010,13 +1023,7 @@ async fn delete_keys(
             ctx.array_params(key_sources, 1)
         ));
     }
-    conn.arena.clear();
-    let mut params = Vec::with_capacity(key_sources.len());
-    for &s in key_sources {
-        let start = conn.arena.len();
-        ctx.encode_array(s, keys.iter().copied(), &mut conn.arena)?;
-        params.push(Some(start..conn.arena.len()));
-    }
+    let params = ctx.encode_array_params(key_sources, keys, &mut conn.arena)?;
     conn.execute(
         &sql,
         &params,
