@@ -9,10 +9,14 @@ use common::schema::{create_plain_orders, PLAIN_ORDERS as ORDERS};
 use common::TestPipeline;
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Changes each side writes: 200,000 in all.
 const CHANGES_PER_SIDE: i64 = 100_000;
+/// Source transactions each side writes (10 changes each).
+const TXNS_PER_SIDE: i64 = CHANGES_PER_SIDE / 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_during_200k_changes_in_both_directions() {
@@ -55,11 +59,17 @@ async fn ten_sigkills_during_200k_changes_in_both_directions() {
 
     // PostgreSQL writes odd ids, MariaDB even ids: 10-change transactions
     // of inserts, updates of an earlier row, and deletes
+    // transactions committed by each writer: the kills are placed in the
+    // load's progress, not in wall-clock time, so they land mid-stream
+    // however fast the machine writes
+    let pg_written = Arc::new(AtomicI64::new(0));
+    let mysql_written = Arc::new(AtomicI64::new(0));
     let pg_writer = {
         let url = db.pg_url.clone();
+        let written = pg_written.clone();
         tokio::spawn(async move {
             let pg = common::pg_client(&url).await;
-            for t in 0..CHANGES_PER_SIDE / 10 {
+            for t in 0..TXNS_PER_SIDE {
                 let mut sql = String::from("BEGIN;");
                 for i in 0..8 {
                     let id = (t * 8 + i) * 2 + 1;
@@ -70,14 +80,16 @@ async fn ten_sigkills_during_200k_changes_in_both_directions() {
                 sql += &format!("DELETE FROM orders WHERE id = {};", old + 2);
                 sql += "COMMIT;";
                 pg.batch_execute(&sql).await.unwrap();
+                written.store(t + 1, Ordering::Relaxed);
             }
         })
     };
     let mysql_writer = {
         let pool = db.mysql.clone();
+        let written = mysql_written.clone();
         tokio::spawn(async move {
             let mut conn = pool.get_conn().await.unwrap();
-            for t in 0..CHANGES_PER_SIDE / 10 {
+            for t in 0..TXNS_PER_SIDE {
                 let values: Vec<String> = (0..8)
                     .map(|i| format!("({}, {t}, 'erp', 2.50, 'erp')", (t * 8 + i) * 2 + 2))
                     .collect();
@@ -95,14 +107,26 @@ async fn ten_sigkills_during_200k_changes_in_both_directions() {
                     .await
                     .unwrap();
                 conn.query_drop("COMMIT").await.unwrap();
+                written.store(t + 1, Ordering::Relaxed);
             }
         })
     };
 
+    // ten random moments between 5 % and 90 % of the load
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261127);
-    for _ in 0..10 {
-        // a random moment: the point is where the kill lands, not a wait
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
+    let mut moments: Vec<i64> = (0..10)
+        .map(|_| rng.gen_range(TXNS_PER_SIDE / 20..TXNS_PER_SIDE * 9 / 10))
+        .collect();
+    moments.sort_unstable();
+    for moment in moments {
+        let progress = || {
+            pg_written
+                .load(Ordering::Relaxed)
+                .min(mysql_written.load(Ordering::Relaxed))
+        };
+        while progress() < moment {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         agent_process::kill(&mut agent).await;
         agent = agent_process::spawn_agent(&config, &log, &[]);
     }
