@@ -61,6 +61,17 @@ impl ErrorKind {
         }
     }
 
+    /// Whether the target refused the data of the transaction being applied
+    /// (a value, a constraint, a missing table or column), as opposed to
+    /// failing for every transaction alike. Only these go to the dead-letter
+    /// queue; every other permanent error halts the pipeline.
+    pub fn rejects_data(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Conversion | ErrorKind::Constraint | ErrorKind::Schema
+        )
+    }
+
     /// Label value for `callosum_errors_total{kind}`.
     pub fn label(self) -> &'static str {
         match self {
