@@ -10,6 +10,7 @@
 //! | `S/txns` | transaction sequence, u64 big-endian | [`codec::TxnRecord`]: position and event range |
 //! | `S/meta` | `head`, `truncation` | writer state, truncation mark |
 //! | `cursors` | `S` `\0` pipeline | last applied transaction sequence |
+//! | `dead_letters`, `dead_letter_events`, `dead_letter_ids` | pipeline `\0` … | each pipeline's dead-letter queue ([`DeadLetters`]) |
 //!
 //! Guarantees:
 //! - a transaction is visible to readers only after [`LogWriter::flush`] made
@@ -19,10 +20,12 @@
 //!   from [`LogWriter::resume_position`].
 
 pub mod codec;
+mod dead_letters;
 mod reader;
 mod writer;
 
 pub use codec::TxnRecord;
+pub use dead_letters::{DeadLetter, DeadLetterReason, DeadLetters};
 pub use reader::{LogReader, Pending};
 pub use writer::LogWriter;
 
@@ -193,6 +196,11 @@ impl ChangeLog {
     /// A reader of `store`'s log for `pipeline`.
     pub fn reader(&self, store: &str, pipeline: &str) -> Result<LogReader, LogError> {
         Ok(LogReader::new(self.store(store)?, pipeline))
+    }
+
+    /// The dead-letter queue of `pipeline`.
+    pub fn dead_letters(&self, pipeline: &str) -> Result<DeadLetters, LogError> {
+        DeadLetters::open(&self.db, pipeline)
     }
 
     /// Removes every transaction that all of `pipelines` have applied.

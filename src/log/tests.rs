@@ -222,3 +222,120 @@ async fn only_one_writer_per_store() {
     let _writer = log.writer("crm").unwrap();
     assert!(matches!(log.writer("crm"), Err(LogError::WriterInUse(_))));
 }
+
+fn reason(kind: &str) -> DeadLetterReason {
+    DeadLetterReason {
+        kind: kind.into(),
+        message: "the target refused it".into(),
+        hint: None,
+        behind: None,
+    }
+}
+
+fn ids_of(events: &[ChangeEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| match &e.change {
+            RowChange::Insert { row } => match row[0] {
+                Value::Int(i) => i,
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_letters_outlive_truncation_and_restarts_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = schema();
+    let big = writer::EVENTS_PER_BATCH as i64 * 2 + 3;
+    {
+        let log = ChangeLog::open(dir.path()).unwrap();
+        let mut writer = log.writer("crm").unwrap();
+        write_txn(&mut writer, &s, 10, 0..2);
+        write_txn(&mut writer, &s, 20, 0..big);
+        write_txn(&mut writer, &s, 30, 5..6);
+        writer.flush().await.unwrap();
+        let mut reader = log.reader("crm", "p").unwrap();
+        reader.seek_after(None).unwrap();
+        let txns = reader.peek_transactions(u64::MAX).unwrap();
+        let queue = log.dead_letters("p").unwrap();
+        let mut seen = Vec::new();
+        let first = queue
+            .add(
+                &mut reader,
+                &txns[1].1,
+                reason("conversion"),
+                &mut |id, e| seen.push((id, e.clone())),
+            )
+            .unwrap();
+        assert_eq!(first.id, 1);
+        assert_eq!(first.events, big as u64);
+        assert_eq!(first.tables, vec![TableId::new("public", "orders")]);
+        assert_eq!(seen.len(), big as usize);
+        // a second add of the same transaction (after a crash) is a no-op
+        let again = queue
+            .add(
+                &mut reader,
+                &txns[1].1,
+                reason("conversion"),
+                &mut |_, _| panic!("nothing is copied twice"),
+            )
+            .unwrap();
+        assert_eq!(again, first);
+        let second = queue
+            .add(&mut reader, &txns[2].1, reason("queued"), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(second.id, 2);
+        queue.flush().await.unwrap();
+        // the log itself may forget them
+        for (seq, txn) in &txns {
+            reader.mark_applied(*seq, txn).unwrap();
+        }
+        assert_eq!(log.truncate_applied("crm", &["p"]).unwrap(), 3);
+        // another pipeline's queue is separate
+        assert!(log.dead_letters("p2").unwrap().list().unwrap().is_empty());
+    }
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let queue = log.dead_letters("p").unwrap();
+    let entries = queue.list().unwrap();
+    assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(entries[0].position, Position::Pg(Lsn(20)));
+    let mut whole = Vec::new();
+    queue
+        .read_events(&entries[0], 0, u64::MAX, &mut whole)
+        .unwrap();
+    assert_eq!(ids_of(&whole), (0..big).collect::<Vec<_>>());
+    let mut chunked = Vec::new();
+    let mut skip = 0;
+    while skip < entries[0].events {
+        queue
+            .read_events(&entries[0], skip, 1000, &mut chunked)
+            .unwrap();
+        skip += 1000;
+    }
+    assert_eq!(chunked, whole);
+    assert_eq!(queue.get(2).unwrap(), Some(entries[1].clone()));
+
+    // removed entries are gone, and their ids are never handed out again
+    assert!(queue.remove(1).unwrap());
+    assert!(queue.remove(2).unwrap());
+    assert!(!queue.remove(2).unwrap());
+    assert!(queue.list().unwrap().is_empty());
+    let mut writer = log.writer("crm").unwrap();
+    write_txn(&mut writer, &s, 40, 9..10);
+    writer.flush().await.unwrap();
+    let mut reader = log.reader("crm", "p").unwrap();
+    reader.seek_after(Some(&Position::Pg(Lsn(30)))).unwrap();
+    let txns = reader.peek_transactions(u64::MAX).unwrap();
+    let third = queue
+        .add(
+            &mut reader,
+            &txns[0].1,
+            reason("constraint"),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(third.id, 3);
+}
