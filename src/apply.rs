@@ -14,11 +14,15 @@
 //! `max_batch_events` events wait, so memory stays bounded.
 
 use callosum_api::{ChangeEvent, ConnectorError, ErrorKind, Position, Sink};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tracing::warn;
 
-use crate::log::{LogError, LogReader, Pending, TxnRecord};
+use crate::dead_letter::{DeadLetterCommand, DeadLetterQueue, QueueSize};
+use crate::log::{DeadLetter, DeadLetterReason, LogError, LogReader, Pending, TxnRecord};
 
 /// Chunks the prefetch task may prepare ahead of the sink.
 pub const PREFETCH_CHUNKS: usize = 2;
@@ -29,6 +33,11 @@ pub trait ApplyObserver: Send {
     fn applied(&mut self, batch: &AppliedBatch);
     /// What is left to apply, after each batch and when idle.
     fn pending(&mut self, pending: &Pending);
+    /// A source transaction went to the dead-letter queue, which now holds
+    /// `queue`, and the target's checkpoint moved past it (nothing of it
+    /// was applied); `cause` is the target's error (`None` when it was
+    /// queued behind another dead letter).
+    fn dead_lettered(&mut self, entry: &DeadLetter, cause: Option<ErrorKind>, queue: QueueSize);
 }
 
 /// A committed target transaction.
@@ -40,6 +49,37 @@ pub struct AppliedBatch<'a> {
     pub checkpoint: &'a Position,
 }
 
+/// How [`apply`] batches and what it does with a transaction the target
+/// rejects.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyOptions {
+    /// Bounds both a target transaction made of several source transactions
+    /// and the chunks a large source transaction is applied in (inside one
+    /// target transaction).
+    pub max_batch_events: u64,
+    pub on_error: OnPermanentError,
+}
+
+/// What a pipeline does with a source transaction the target rejects for
+/// good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnPermanentError {
+    /// Move it to the dead-letter queue and go on.
+    DeadLetter,
+    /// Stop: [`apply`] returns the error.
+    Halt,
+}
+
+/// Why [`apply`] returned without an error.
+#[derive(Debug)]
+pub enum ApplyStop {
+    /// Shutdown was requested; the last batch is committed.
+    Shutdown,
+    /// The operator asked something of the dead-letter queue; the last
+    /// batch is committed and nothing is open in the target.
+    Command(DeadLetterCommand),
+}
+
 /// One target transaction, as the prefetch task hands it over: `Begin`,
 /// one or more `Events` chunks, `Commit`.
 enum Prepared {
@@ -47,6 +87,8 @@ enum Prepared {
     Events(Vec<ChangeEvent>),
     Commit,
 }
+
+type PreparedRx = mpsc::Receiver<Result<Prepared, LogError>>;
 
 /// Aborts the prefetch task when the worker returns, whatever the path.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -57,18 +99,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs until `shutdown` turns true between two batches (returns `Ok`) or
-/// the sink or the log fails (the open target transaction is rolled back
-/// first). `max_batch_events` bounds both a target transaction made of
-/// several source transactions and the chunks a large source transaction is
-/// applied in (inside one target transaction).
+/// Runs until `shutdown` turns true or a dead-letter command arrives between
+/// two batches (returns `Ok`), or the sink or the log fails (the open
+/// target transaction is rolled back first).
+///
+/// Every source transaction that changes a row `dead_letters` holds back is
+/// queued behind it. A permanent error of the target goes to the queue with
+/// [`OnPermanentError::DeadLetter`]: a batch of several source transactions
+/// is retried one transaction per target transaction to find the one the
+/// target rejects; that one is stored in the queue (durably) and the
+/// target's checkpoint moves past it in a target transaction of its own.
 pub async fn apply<K: Sink>(
     sink: &mut K,
     reader: &mut LogReader,
-    max_batch_events: u64,
+    options: ApplyOptions,
+    dead_letters: &mut DeadLetterQueue,
     observer: &mut impl ApplyObserver,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), ConnectorError> {
+    commands: &mut mpsc::Receiver<DeadLetterCommand>,
+) -> Result<ApplyStop, ConnectorError> {
+    let ApplyOptions {
+        max_batch_events,
+        on_error,
+    } = options;
     let checkpoint = sink.checkpoint().await?;
     reader.seek_after(checkpoint.as_ref())?;
     let (prepared_tx, mut prepared) = mpsc::channel(PREFETCH_CHUNKS);
@@ -77,16 +130,27 @@ pub async fn apply<K: Sink>(
         max_batch_events,
         prepared_tx,
     )));
+    let mut applier = Applier {
+        sink,
+        reader,
+        on_error,
+        dead_letters,
+        observer,
+    };
     loop {
         if crate::shutdown::is_requested(shutdown) {
-            return Ok(());
+            return Ok(ApplyStop::Shutdown);
+        }
+        if let Ok(command) = commands.try_recv() {
+            return Ok(ApplyStop::Command(command));
         }
         let first = match prepared.try_recv() {
             Ok(message) => message,
             Err(mpsc::error::TryRecvError::Empty) => {
-                observer.pending(&reader.pending()?);
+                applier.observer.pending(&applier.reader.pending()?);
                 tokio::select! {
-                    _ = crate::shutdown::requested(shutdown) => return Ok(()),
+                    _ = crate::shutdown::requested(shutdown) => return Ok(ApplyStop::Shutdown),
+                    Some(command) = commands.recv() => return Ok(ApplyStop::Command(command)),
                     message = prepared.recv() => message.ok_or_else(prefetch_gone)?,
                 }
             }
@@ -95,48 +159,310 @@ pub async fn apply<K: Sink>(
         let Prepared::Begin(transactions) = first? else {
             return Err(out_of_step());
         };
-        let (last_seq, last) = transactions.last().expect("a batch has a transaction");
-        let started = Instant::now();
-        let applied_events = match apply_batch(sink, &mut prepared, &last.position).await {
-            Ok(n) => n,
-            Err(err) => {
-                // best effort: the connection may be gone, and then so is the transaction
-                let _ = sink.rollback().await;
-                return Err(err);
+        match transactions.as_slice() {
+            [(seq, txn)] if txn.events > max_batch_events => {
+                applier.apply_streamed(*seq, txn, &mut prepared).await?;
             }
-        };
-        reader.mark_applied(*last_seq, last)?;
-        observer.applied(&AppliedBatch {
-            transactions: &transactions,
-            events: applied_events,
-            duration: started.elapsed(),
-            checkpoint: &last.position,
-        });
-        observer.pending(&reader.pending()?);
+            _ => {
+                let events = receive_whole(&mut prepared).await?;
+                applier.apply_group(&transactions, &events).await?;
+            }
+        }
+        applier.observer.pending(&applier.reader.pending()?);
     }
 }
 
-/// Applies one prepared target transaction, from after its `Begin` to its
-/// `Commit`.
-async fn apply_batch<K: Sink>(
-    sink: &mut K,
-    prepared: &mut mpsc::Receiver<Result<Prepared, LogError>>,
-    checkpoint: &Position,
-) -> Result<u64, ConnectorError> {
-    sink.begin(checkpoint).await?;
-    let mut total = 0u64;
+/// The apply worker's state while it runs, so the steps below share it.
+struct Applier<'a, K, O> {
+    sink: &'a mut K,
+    reader: &'a mut LogReader,
+    on_error: OnPermanentError,
+    dead_letters: &'a mut DeadLetterQueue,
+    observer: &'a mut O,
+}
+
+/// Where each transaction's events are in a batch's events.
+fn event_ranges(transactions: &[(u64, TxnRecord)]) -> Vec<std::ops::Range<usize>> {
+    let mut at = 0usize;
+    transactions
+        .iter()
+        .map(|(_, txn)| {
+            let range = at..at + txn.events as usize;
+            at = range.end;
+            range
+        })
+        .collect()
+}
+
+impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
+    /// Applies whole source transactions (at most a chunk of events),
+    /// queueing behind the dead-letter queue those that change rows it
+    /// holds back. Boxed: it recurses through [`Applier::apply_run`].
+    fn apply_group<'s>(
+        &'s mut self,
+        transactions: &'s [(u64, TxnRecord)],
+        events: &'s [ChangeEvent],
+    ) -> Pin<Box<dyn Future<Output = Result<(), ConnectorError>> + Send + 's>>
+    where
+        K: 's,
+        O: 's,
+    {
+        Box::pin(async move {
+            let ranges = event_ranges(transactions);
+            if ranges.last().map_or(0, |r| r.end) != events.len() {
+                return Err(out_of_step());
+            }
+            let mut run_start = 0;
+            for (i, range) in ranges.iter().enumerate() {
+                let Some(behind) = self.dead_letters.blocking(&events[range.clone()]) else {
+                    continue;
+                };
+                let run = ranges[run_start].start..range.start;
+                self.apply_run(&transactions[run_start..i], &events[run])
+                    .await?;
+                let (seq, txn) = &transactions[i];
+                self.dead_letter(*seq, txn, queued_behind(behind), None)
+                    .await?;
+                run_start = i + 1;
+            }
+            let rest = ranges.get(run_start).map_or(events.len(), |r| r.start);
+            self.apply_run(&transactions[run_start..], &events[rest..])
+                .await
+        })
+    }
+
+    /// Applies transactions none of which the queue held back when the run
+    /// started, as one target transaction. When the target rejects their
+    /// data, the run is halved until the transaction at fault is alone: it
+    /// goes to the dead-letter queue, the others are applied (a batch of
+    /// 5,000 transactions with one poison costs about 25 attempts, not
+    /// 5,000 target transactions).
+    async fn apply_run(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+    ) -> Result<(), ConnectorError> {
+        if transactions.is_empty() {
+            return Ok(());
+        }
+        let err = match self.commit(transactions, events).await {
+            Ok(()) => return Ok(()),
+            Err(err) if self.dead_letters_err(&err) => err,
+            Err(err) => return Err(err),
+        };
+        if let [(seq, txn)] = transactions {
+            return self
+                .dead_letter(*seq, txn, failure_reason(&err), Some(err.kind))
+                .await;
+        }
+        let mid = transactions.len() / 2;
+        let split = event_ranges(&transactions[..mid])
+            .last()
+            .map_or(0, |r| r.end);
+        // halves go through apply_group again: the first half may queue a
+        // transaction whose rows the second half changes
+        self.apply_group(&transactions[..mid], &events[..split])
+            .await?;
+        self.apply_group(&transactions[mid..], &events[split..])
+            .await
+    }
+
+    /// Applies `transactions` in one target transaction, checkpoint first,
+    /// and reports it.
+    async fn commit(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+    ) -> Result<(), ConnectorError> {
+        let started = Instant::now();
+        self.commit_unreported(transactions, events).await?;
+        let (_, last) = transactions.last().expect("a run has a transaction");
+        self.observer.applied(&AppliedBatch {
+            transactions,
+            events: events.len() as u64,
+            duration: started.elapsed(),
+            checkpoint: &last.position,
+        });
+        Ok(())
+    }
+
+    /// Applies `transactions` in one target transaction, checkpoint first;
+    /// rolls back on error.
+    async fn commit_unreported(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+    ) -> Result<(), ConnectorError> {
+        let (last_seq, last) = transactions.last().expect("a run has a transaction");
+        let result = async {
+            self.sink.begin(&last.position).await?;
+            if !events.is_empty() {
+                self.sink.apply(events).await?;
+            }
+            self.sink.commit().await
+        }
+        .await;
+        if let Err(err) = result {
+            // best effort: the connection may be gone, and then so is the transaction
+            let _ = self.sink.rollback().await;
+            return Err(err);
+        }
+        self.reader.mark_applied(*last_seq, last)?;
+        Ok(())
+    }
+
+    /// Applies one source transaction too large for one chunk, chunk by
+    /// chunk inside one target transaction.
+    async fn apply_streamed(
+        &mut self,
+        seq: u64,
+        txn: &TxnRecord,
+        prepared: &mut PreparedRx,
+    ) -> Result<(), ConnectorError> {
+        let started = Instant::now();
+        let mut applied = 0u64;
+        let result: Result<(), Refusal> = async {
+            self.sink.begin(&txn.position).await?;
+            loop {
+                match prepared.recv().await.ok_or_else(prefetch_gone)?? {
+                    Prepared::Events(events) => {
+                        if let Some(behind) = self.dead_letters.blocking(&events) {
+                            return Err(Refusal::QueuedBehind(behind));
+                        }
+                        self.sink.apply(&events).await?;
+                        applied += events.len() as u64;
+                    }
+                    Prepared::Commit => break,
+                    Prepared::Begin(_) => return Err(out_of_step().into()),
+                }
+            }
+            Ok(self.sink.commit().await?)
+        }
+        .await;
+        let (reason, cause) = match result {
+            Ok(()) => {
+                self.reader.mark_applied(seq, txn)?;
+                let transactions = [(seq, txn.clone())];
+                self.observer.applied(&AppliedBatch {
+                    transactions: &transactions,
+                    events: applied,
+                    duration: started.elapsed(),
+                    checkpoint: &txn.position,
+                });
+                return Ok(());
+            }
+            Err(refusal) => {
+                // best effort: the connection may be gone, and then so is the transaction
+                let _ = self.sink.rollback().await;
+                match refusal {
+                    Refusal::QueuedBehind(behind) => (queued_behind(behind), None),
+                    Refusal::Failed(err) if self.dead_letters_err(&err) => {
+                        (failure_reason(&err), Some(err.kind))
+                    }
+                    Refusal::Failed(err) => return Err(err),
+                }
+            }
+        };
+        skip_to_commit(prepared).await?;
+        self.dead_letter(seq, txn, reason, cause).await
+    }
+
+    /// Whether `err` sends the transaction to the dead-letter queue: the
+    /// target refused its data for good and the pipeline dead-letters.
+    fn dead_letters_err(&self, err: &ConnectorError) -> bool {
+        self.on_error == OnPermanentError::DeadLetter && err.kind.rejects_data()
+    }
+
+    /// Stores the source transaction in the dead-letter queue (durably),
+    /// then moves the target's checkpoint past it in a target transaction of
+    /// its own. A crash in between re-queues it idempotently on restart:
+    /// the queue holds back its rows, so it is queued behind itself.
+    async fn dead_letter(
+        &mut self,
+        seq: u64,
+        txn: &TxnRecord,
+        reason: DeadLetterReason,
+        cause: Option<ErrorKind>,
+    ) -> Result<(), ConnectorError> {
+        let entry = self.dead_letters.add(self.reader, txn, reason).await?;
+        warn!(
+            dead_letter = entry.id,
+            position = %entry.position,
+            events = entry.events,
+            kind = %entry.reason.kind,
+            behind = ?entry.reason.behind,
+            error = %entry.reason.message,
+            "source transaction dead-lettered"
+        );
+        // the checkpoint alone: nothing of it is applied
+        self.commit_unreported(&[(seq, txn.clone())], &[]).await?;
+        self.observer
+            .dead_lettered(&entry, cause, self.dead_letters.size());
+        Ok(())
+    }
+}
+
+/// Why a streamed transaction was not committed.
+enum Refusal {
+    QueuedBehind(u64),
+    Failed(ConnectorError),
+}
+
+impl From<ConnectorError> for Refusal {
+    fn from(err: ConnectorError) -> Self {
+        Refusal::Failed(err)
+    }
+}
+
+impl From<LogError> for Refusal {
+    fn from(err: LogError) -> Self {
+        Refusal::Failed(err.into())
+    }
+}
+
+fn queued_behind(behind: u64) -> DeadLetterReason {
+    DeadLetterReason {
+        kind: "queued".to_owned(),
+        message: format!(
+            "changes rows that dead letter #{behind} changes; queued behind it to keep their order"
+        ),
+        hint: Some(format!("replay or discard dead letter #{behind} first")),
+        behind: Some(behind),
+    }
+}
+
+fn failure_reason(err: &ConnectorError) -> DeadLetterReason {
+    DeadLetterReason {
+        kind: err.kind.label().to_owned(),
+        message: err.message.clone(),
+        hint: err.hint.clone(),
+        behind: None,
+    }
+}
+
+/// The events of a prepared target transaction of at most one chunk, up to
+/// its `Commit`.
+async fn receive_whole(prepared: &mut PreparedRx) -> Result<Vec<ChangeEvent>, ConnectorError> {
+    let mut all: Vec<ChangeEvent> = Vec::new();
     loop {
         match prepared.recv().await.ok_or_else(prefetch_gone)?? {
-            Prepared::Events(events) => {
-                sink.apply(&events).await?;
-                total += events.len() as u64;
-            }
-            Prepared::Commit => break,
+            Prepared::Events(events) if all.is_empty() => all = events,
+            Prepared::Events(events) => all.extend(events),
+            Prepared::Commit => return Ok(all),
             Prepared::Begin(_) => return Err(out_of_step()),
         }
     }
-    sink.commit().await?;
-    Ok(total)
+}
+
+/// Drops the rest of a prepared target transaction, up to its `Commit`.
+async fn skip_to_commit(prepared: &mut PreparedRx) -> Result<(), ConnectorError> {
+    loop {
+        match prepared.recv().await.ok_or_else(prefetch_gone)?? {
+            Prepared::Events(_) => {}
+            Prepared::Commit => return Ok(()),
+            Prepared::Begin(_) => return Err(out_of_step()),
+        }
+    }
 }
 
 /// Reads whole transactions ahead of the sink and hands them over in

@@ -1,10 +1,12 @@
 //! The `callosum` command line.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::dead_letter::api as dlq;
+use crate::dead_letter::DiscardSelection;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +36,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inspect, replay or discard the dead-letter queues (asks the running agent).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Start throwaway PostgreSQL and MariaDB servers, replicate PostgreSQL → MariaDB and show live counts.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
@@ -42,6 +49,56 @@ enum Command {
         /// Changes per second the demo workload writes to PostgreSQL.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List the dead letters of every pipeline, or of one: position, commit time, tables, reason.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this pipeline.
+        #[arg(long, short)]
+        pipeline: Option<String>,
+    },
+    /// Show one dead letter and its row changes (with their values).
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        pipeline: String,
+        /// The dead letter's id (`callosum dlq list`).
+        id: u64,
+        /// Index (from 0) of the first event to show.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Events to show at most.
+        #[arg(long, default_value_t = dlq::DEFAULT_EVENT_LIMIT)]
+        limit: u64,
+    },
+    /// Apply the queued transactions to the target, oldest first; stop at the first that fails (exit 1).
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        pipeline: String,
+        /// Replay up to and including this id (default: the whole queue).
+        #[arg(long)]
+        through: Option<u64>,
+    },
+    /// Drop dead letters without applying them: one by id, or all.
+    #[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Discard {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        pipeline: String,
+        /// The dead letter to drop.
+        id: Option<u64>,
+        /// Drop every dead letter of the pipeline.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -78,9 +135,57 @@ pub fn main() -> ExitCode {
                 Ok(config) => report(crate::agent::print_status(&config).await),
                 Err(code) => code,
             },
+            Command::Dlq { command } => run_dlq(command).await,
             Command::Demo { seconds, rate } => report(crate::demo::run(seconds, rate).await),
         }
     })
+}
+
+async fn run_dlq(command: DlqCommand) -> ExitCode {
+    match command {
+        DlqCommand::List { config, pipeline } => match load(&config) {
+            Ok(config) => report(dlq::print_dead_letters(&config, pipeline.as_deref()).await),
+            Err(code) => code,
+        },
+        DlqCommand::Show {
+            config,
+            pipeline,
+            id,
+            offset,
+            limit,
+        } => match load(&config) {
+            Ok(config) => {
+                report(dlq::print_dead_letter(&config, &pipeline, id, offset, limit).await)
+            }
+            Err(code) => code,
+        },
+        DlqCommand::Replay {
+            config,
+            pipeline,
+            through,
+        } => match load(&config) {
+            Ok(config) => match dlq::print_replay(&config, &pipeline, through).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => report(Err(err)),
+            },
+            Err(code) => code,
+        },
+        DlqCommand::Discard {
+            config,
+            pipeline,
+            id,
+            all,
+        } => {
+            // clap's group `which` lets exactly one of them through
+            debug_assert!(id.is_some() != all);
+            let which = id.map_or(DiscardSelection::All, DiscardSelection::One);
+            match load(&config) {
+                Ok(config) => report(dlq::print_discard(&config, &pipeline, which).await),
+                Err(code) => code,
+            }
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -108,4 +213,99 @@ fn init_tracing(default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("callosum").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dlq_subcommands_parse() {
+        let cli = parse(&["dlq", "list", "-c", "c.toml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::List { pipeline: None, .. }
+            }
+        ));
+        let cli = parse(&[
+            "dlq", "show", "-c", "c.toml", "-p", "p", "3", "--offset", "100",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Dlq {
+                command:
+                    DlqCommand::Show {
+                        pipeline,
+                        id,
+                        offset,
+                        limit,
+                        ..
+                    },
+            } => assert_eq!((pipeline.as_str(), id, offset, limit), ("p", 3, 100, 100)),
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&[
+            "dlq",
+            "replay",
+            "-c",
+            "c.toml",
+            "--pipeline",
+            "p",
+            "--through",
+            "4",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::Replay {
+                    through: Some(4),
+                    ..
+                }
+            }
+        ));
+        assert!(
+            parse(&["dlq", "replay", "-c", "c.toml"]).is_err(),
+            "needs --pipeline"
+        );
+    }
+
+    #[test]
+    fn dlq_discard_takes_exactly_one_of_id_and_all() {
+        let cli = parse(&["dlq", "discard", "-c", "c.toml", "-p", "p", "7"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::Discard {
+                    id: Some(7),
+                    all: false,
+                    ..
+                }
+            }
+        ));
+        let cli = parse(&["dlq", "discard", "-c", "c.toml", "-p", "p", "--all"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Dlq {
+                command: DlqCommand::Discard {
+                    id: None,
+                    all: true,
+                    ..
+                }
+            }
+        ));
+        assert!(parse(&["dlq", "discard", "-c", "c.toml", "-p", "p"]).is_err());
+        assert!(parse(&["dlq", "discard", "-c", "c.toml", "-p", "p", "7", "--all"]).is_err());
+    }
 }

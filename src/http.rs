@@ -6,17 +6,32 @@
 //! | `GET /healthz` | `200 ok` while the process runs |
 //! | `GET /readyz` | `200 ready` when every pipeline is streaming, else `503` with one reason per line |
 //! | `GET /status` | JSON [`StatusReport`]: per pipeline state, positions, lag, pending events, dead letters, last error |
+//! | `GET /dlq[?pipeline=P]` | JSON [`DeadLetterList`]: every pipeline's dead letters, oldest first |
+//! | `GET /dlq/{pipeline}/{id}[?offset=0&limit=100]` | JSON [`DeadLetterDetail`]: one dead letter and a page of its events (row values) |
+//! | `POST /dlq/{pipeline}/replay[?through=ID]` | JSON [`ReplayReport`]: applies the queue in order, oldest first; `409` when the pipeline is not applying |
+//! | `POST /dlq/{pipeline}/discard?id=ID` or `?all=true` | JSON [`DiscardReport`]: drops entries without applying them |
+//!
+//! The `/dlq` routes are in [`crate::dead_letter::api`]; unknown pipelines
+//! and entries answer `404`, bad parameters `400`, all with a text reason.
 //!
 //! [`AgentStatus`] is the shared state the pipelines update and `/status`
 //! and `/readyz` read; `callosum status` fetches `/status` and deserializes
-//! the same [`StatusReport`].
+//! the same [`StatusReport`]. `request_json` is the small HTTP client
+//! both `callosum status` and `callosum dlq` use.
+//!
+//! [`DeadLetterList`]: crate::dead_letter::api::DeadLetterList
+//! [`DeadLetterDetail`]: crate::dead_letter::api::DeadLetterDetail
+//! [`ReplayReport`]: crate::dead_letter::ReplayReport
+//! [`DiscardReport`]: crate::dead_letter::DiscardReport
 
+use crate::dead_letter::DeadLetterControl;
 use crate::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -217,14 +232,21 @@ struct AppState {
     status: Arc<AgentStatus>,
 }
 
-/// The endpoint's routes, for [`serve`] or for embedding in another server.
-pub fn router(metrics: Arc<Metrics>, status: Arc<AgentStatus>) -> Router {
+/// The endpoint's routes, for [`serve`] or for embedding in another server:
+/// the agent's own and the `/dlq` routes of
+/// [`crate::dead_letter::api::routes`].
+pub fn router(
+    metrics: Arc<Metrics>,
+    status: Arc<AgentStatus>,
+    dead_letters: DeadLetterControl,
+) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_healthz))
         .route("/readyz", get(get_readyz))
         .route("/status", get(get_status))
         .with_state(AppState { metrics, status })
+        .merge(crate::dead_letter::api::routes(dead_letters))
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes, then
@@ -233,29 +255,33 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<AgentStatus>,
+    dead_letters: DeadLetterControl,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http endpoint listening");
     }
-    axum::serve(listener, router(metrics, status))
+    axum::serve(listener, router(metrics, status, dead_letters))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// How long [`fetch_status`] waits for the agent (connect, request and
-/// answer together).
+/// How long [`fetch_status`] and the other reads of the agent wait for it
+/// (connect, request and answer together).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why [`fetch_status`] could not get the status of a running agent.
+/// Why a request to a running agent ([`fetch_status`], the `callosum dlq`
+/// client in [`crate::dead_letter::api`]) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchStatusError {
+pub enum AgentRequestError {
     #[error("cannot connect to {addr}: {error}")]
     Connect { addr: SocketAddr, error: io::Error },
-    #[error("no answer from {addr} within {} s", FETCH_TIMEOUT.as_secs())]
-    Timeout { addr: SocketAddr },
+    #[error("no answer from {addr} within {} s", timeout.as_secs())]
+    Timeout { addr: SocketAddr, timeout: Duration },
     #[error("request to {addr} failed: {error}")]
     Io { addr: SocketAddr, error: io::Error },
+    /// The agent answered, with a status other than 2xx; `body` is its
+    /// (text) reason.
     #[error("{addr} answered HTTP {status}: {body}")]
     Status {
         addr: SocketAddr,
@@ -264,18 +290,32 @@ pub enum FetchStatusError {
     },
     #[error("{addr} sent a malformed answer: {reason}")]
     Malformed { addr: SocketAddr, reason: String },
+    /// The request could not be made (for example a pipeline name that
+    /// cannot be part of a path); nothing was sent.
+    #[error("{reason}")]
+    InvalidRequest { reason: String },
 }
 
+/// The error of [`fetch_status`] (the name it had before the client served
+/// more than `/status`).
+pub type FetchStatusError = AgentRequestError;
+
 /// A raw HTTP answer: status code, lowercased head, decoded body.
-struct RawReply {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+pub(crate) struct RawReply {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Fetches `/status` from the agent listening on `listen` (`[http] listen`;
 /// an unspecified address such as `0.0.0.0` is reached on loopback).
 pub async fn fetch_status(listen: SocketAddr) -> Result<StatusReport, FetchStatusError> {
+    request_json(listen, "GET", "/status", FETCH_TIMEOUT, "status").await
+}
+
+/// The address to reach an agent listening on `listen` at: an unspecified
+/// address such as `0.0.0.0` or `::` is reached on loopback.
+pub(crate) fn agent_addr(listen: SocketAddr) -> SocketAddr {
     let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -283,41 +323,62 @@ pub async fn fetch_status(listen: SocketAddr) -> Result<StatusReport, FetchStatu
             SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         });
     }
-    let reply = tokio::time::timeout(FETCH_TIMEOUT, http_get(addr, "/status"))
+    addr
+}
+
+/// Sends `method path` (no body) to the agent listening on `listen`
+/// ([`agent_addr`]) and decodes its 2xx JSON answer as `T`; `what` names
+/// the answer in errors. Waits up to `timeout` for the whole exchange. An
+/// answer other than 2xx is [`AgentRequestError::Status`] with its body.
+pub(crate) async fn request_json<T: DeserializeOwned>(
+    listen: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<T, AgentRequestError> {
+    let addr = agent_addr(listen);
+    let reply = tokio::time::timeout(timeout, http_request(addr, method, path))
         .await
-        .map_err(|_| FetchStatusError::Timeout { addr })??;
-    if reply.status != 200 {
-        return Err(FetchStatusError::Status {
+        .map_err(|_| AgentRequestError::Timeout { addr, timeout })??;
+    if !(200..300).contains(&reply.status) {
+        return Err(AgentRequestError::Status {
             addr,
             status: reply.status,
             body: String::from_utf8_lossy(&reply.body).trim().to_owned(),
         });
     }
     if !reply.head.contains("content-type: application/json") {
-        return Err(FetchStatusError::Malformed {
+        return Err(AgentRequestError::Malformed {
             addr,
             reason: "the answer is not JSON; is a callosum agent listening there?".to_owned(),
         });
     }
-    serde_json::from_slice(&reply.body).map_err(|err| FetchStatusError::Malformed {
+    serde_json::from_slice(&reply.body).map_err(|err| AgentRequestError::Malformed {
         addr,
-        reason: format!("status is not the expected JSON: {err}"),
+        reason: format!("{what} is not the expected JSON: {err}"),
     })
 }
 
-/// A minimal HTTP/1.1 GET with `Connection: close`: enough for the agent's
-/// own endpoint without an HTTP client dependency.
-async fn http_get(addr: SocketAddr, path: &str) -> Result<RawReply, FetchStatusError> {
+/// A minimal HTTP/1.1 request without a body and with `Connection: close`:
+/// enough for the agent's own endpoint without an HTTP client dependency.
+/// `path` must already be percent-encoded.
+pub(crate) async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<RawReply, AgentRequestError> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|error| FetchStatusError::Connect { addr, error })?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-    let io_err = |error| FetchStatusError::Io { addr, error };
+        .map_err(|error| AgentRequestError::Connect { addr, error })?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let io_err = |error| AgentRequestError::Io { addr, error };
     stream.write_all(request.as_bytes()).await.map_err(io_err)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.map_err(io_err)?;
-    let malformed = |reason: &str| FetchStatusError::Malformed {
+    let malformed = |reason: &str| AgentRequestError::Malformed {
         addr,
         reason: reason.to_owned(),
     };
@@ -471,7 +532,7 @@ mod tests {
     }
 
     async fn get(addr: SocketAddr, path: &str) -> Reply {
-        let raw = http_get(addr, path).await.unwrap();
+        let raw = http_request(addr, "GET", path).await.unwrap();
         Reply {
             status: raw.status,
             headers: raw.head,
@@ -491,9 +552,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(AgentStatus::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics.clone(), status.clone(), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            metrics.clone(),
+            status.clone(),
+            DeadLetterControl::new(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         (addr, metrics, status, stop, server)
     }
 
@@ -605,6 +672,19 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with(&format!("cannot connect to {addr}")));
+    }
+
+    #[tokio::test]
+    async fn dlq_routes_are_served_too() {
+        let (addr, _metrics, _status, stop, server) = start().await;
+        let reply = get(addr, "/dlq").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.headers.contains("content-type: application/json"));
+        let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(json, serde_json::json!({"pipelines": {}}));
+        assert_eq!(get(addr, "/dlq/p/1").await.status, 404);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[test]

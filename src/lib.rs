@@ -7,6 +7,7 @@ pub mod capture;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod demo;
 pub mod http;
 pub mod log;

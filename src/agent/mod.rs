@@ -2,6 +2,10 @@
 //! per pipeline, the truncation task and the HTTP listener, with retries of
 //! transient failures and a clean stop on SIGINT/SIGTERM.
 
+mod apply_worker;
+
+use apply_worker::ApplyWorker;
+
 use anyhow::Context;
 use callosum_api::{ConnectorError, ErrorClass, Position, Sink, Source, SourceMessage, TableId};
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
@@ -10,16 +14,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
-use crate::apply::{self, AppliedBatch, ApplyObserver};
 use crate::capture::{self, CaptureObserver};
 use crate::config::{Config, PipelineConfig, StoreConfig};
+use crate::dead_letter::{DeadLetterControl, PipelineDeadLetters};
 use crate::http::{AgentStatus, PipelineState};
-use crate::log::{ChangeLog, LogWriter, Pending};
-use crate::metrics::{Metrics, PipelineMetrics, StoreMetrics};
+use crate::log::{ChangeLog, LogWriter};
+use crate::metrics::{Metrics, StoreMetrics};
 use crate::retry::RetryPolicy;
 
 /// How often applied transactions are removed from the log.
@@ -97,13 +101,31 @@ impl Agent {
             .with_context(|| format!("cannot listen on {} ([http] listen)", config.http.listen))?;
         let http_addr = listener.local_addr()?;
         let mut workers = JoinSet::new();
+        // each pipeline's dead-letter queue: read by /dlq, changed only by
+        // the pipeline's apply worker, which /dlq sends commands to
+        let mut dead_letters = DeadLetterControl::new();
+        let mut commands = BTreeMap::new();
+        for pipeline in &config.pipelines {
+            let (sender, receiver) = mpsc::channel(8);
+            dead_letters.insert(
+                pipeline.name.clone(),
+                PipelineDeadLetters {
+                    queue: log.dead_letters(&pipeline.name)?,
+                    commands: sender,
+                },
+            );
+            commands.insert(pipeline.name.clone(), receiver);
+        }
         {
             let metrics = metrics.clone();
             let status = status.clone();
+            let dead_letters = dead_letters.clone();
             let mut stop = shutdown_rx.clone();
             workers.spawn(async move {
                 let shutdown = async move { crate::shutdown::requested(&mut stop).await };
-                if let Err(err) = crate::http::serve(listener, metrics, status, shutdown).await {
+                if let Err(err) =
+                    crate::http::serve(listener, metrics, status, dead_letters, shutdown).await
+                {
                     error!(error = %err, "http listener failed");
                 }
             });
@@ -162,6 +184,10 @@ impl Agent {
                 from: config.stores[&pipeline.from].clone(),
                 to: config.stores[&pipeline.to].clone(),
                 log: log.clone(),
+                dead_letters: dead_letters[&pipeline.name].queue.clone(),
+                commands: commands
+                    .remove(&pipeline.name)
+                    .expect("one command channel per pipeline"),
                 metrics: metrics.pipeline(&pipeline.name),
                 status: status.clone(),
             };
@@ -582,119 +608,6 @@ impl CaptureWorker {
             pipelines: &self.pipelines,
         };
         capture::capture(&mut source, writer, &mut observer, shutdown).await
-    }
-}
-
-struct ApplyWorker {
-    pipeline: PipelineConfig,
-    from: StoreConfig,
-    to: StoreConfig,
-    log: ChangeLog,
-    metrics: PipelineMetrics,
-    status: Arc<AgentStatus>,
-}
-
-struct PipelineObserver<'a> {
-    name: &'a str,
-    metrics: &'a PipelineMetrics,
-    status: &'a AgentStatus,
-}
-
-impl ApplyObserver for PipelineObserver<'_> {
-    fn applied(&mut self, batch: &AppliedBatch) {
-        let now = now_micros();
-        for (_, txn) in batch.transactions {
-            self.metrics
-                .record_applied_transaction(txn.events, txn.commit_time_micros, now);
-        }
-        self.metrics
-            .apply_batch_duration
-            .observe(batch.duration.as_secs_f64());
-        self.status
-            .set_applied_position(self.name, &batch.checkpoint.to_string());
-    }
-
-    fn pending(&mut self, pending: &Pending) {
-        let lag = pending
-            .oldest_commit_micros
-            .map_or(0.0, |oldest| (now_micros() - oldest).max(0) as f64 / 1e6);
-        self.metrics.lag_seconds.set(lag);
-        self.metrics.log_pending_events.set(pending.events as i64);
-        self.status.set_pending(self.name, pending.events, lag);
-    }
-}
-
-impl ApplyWorker {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut retry = RetryPolicy::default();
-        loop {
-            if crate::shutdown::is_requested(&shutdown) {
-                self.status
-                    .set_state(&self.pipeline.name, PipelineState::Stopped, None);
-                return;
-            }
-            let err = match self.apply_once(&mut shutdown, &mut retry).await {
-                Ok(()) => {
-                    self.status
-                        .set_state(&self.pipeline.name, PipelineState::Stopped, None);
-                    return;
-                }
-                Err(err) => err,
-            };
-            self.metrics.record_error(err.kind);
-            if err.class() == ErrorClass::Transient {
-                let delay = retry.next_delay();
-                self.metrics.retries.inc();
-                warn!(error = %err, attempt = retry.attempts(), delay_ms = delay.as_millis() as u64, "apply failed, retrying");
-                self.status.set_state(
-                    &self.pipeline.name,
-                    PipelineState::Retrying,
-                    Some(&err.to_string()),
-                );
-                if sleep_or_stop(delay, &mut shutdown).await {
-                    continue;
-                }
-            } else {
-                // dead-lettering is not built yet: a permanent failure halts
-                // the pipeline whatever `on_error` says, so nothing is skipped
-                error!(error = %err, on_error = self.pipeline.on_error.as_str(), "pipeline halted");
-                self.status.set_state(
-                    &self.pipeline.name,
-                    PipelineState::Halted,
-                    Some(&err.to_string()),
-                );
-                crate::shutdown::requested(&mut shutdown).await;
-                return;
-            }
-        }
-    }
-
-    async fn apply_once(
-        &self,
-        shutdown: &mut watch::Receiver<bool>,
-        retry: &mut RetryPolicy,
-    ) -> Result<(), ConnectorError> {
-        let mut sink = sink_config(&self.pipeline, &self.from, &self.to)?
-            .connect()
-            .await?;
-        let mut reader = self.log.reader(&self.pipeline.from, &self.pipeline.name)?;
-        retry.reset();
-        self.status
-            .set_state(&self.pipeline.name, PipelineState::Streaming, None);
-        info!("applying");
-        let mut observer = PipelineObserver {
-            name: &self.pipeline.name,
-            metrics: &self.metrics,
-            status: &self.status,
-        };
-        apply::apply(
-            &mut sink,
-            &mut reader,
-            self.pipeline.max_batch_events as u64,
-            &mut observer,
-            shutdown,
-        )
-        .await
     }
 }
 

@@ -1,0 +1,706 @@
+//! The dead-letter queue against real servers: a value the target rejects
+//! goes to the queue with its reason while the rest flows, later changes of
+//! its rows queue behind it (also after a SIGKILL), and `callosum dlq
+//! replay` after the operator fixed the target brings both sides equal,
+//! exactly once.
+
+mod common;
+
+use callosum::agent::Agent;
+use callosum::apply::{
+    self, AppliedBatch, ApplyObserver, ApplyOptions, ApplyStop, OnPermanentError,
+};
+use callosum::config::Config;
+use callosum::dead_letter::api::{
+    discard_dead_letters, fetch_dead_letter, fetch_dead_letters, replay_dead_letters,
+};
+use callosum::dead_letter::DiscardSelection;
+use callosum::dead_letter::{DeadLetterQueue, QueueSize};
+use callosum::http::PipelineState;
+use callosum::log::{ChangeLog, DeadLetter, Pending};
+use callosum::testkit::{MariaDbServer, PgServer};
+use callosum_api::{
+    ChangeEvent, ColumnSchema, ErrorKind, Lsn, Position, RowChange, TableId, TableSchema,
+    TransactionMeta, Value,
+};
+use callosum_mysql::{MySqlSink, MySqlSinkConfig};
+use common::agent_process::{kill, spawn_agent, write_config};
+use common::schema::{MYSQL_PLAIN_ORDERS, PLAIN_ORDERS};
+use common::Databases;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PIPELINE: &str = "pg_to_mysql";
+
+/// `note` is text in PostgreSQL, VARCHAR(200) in MariaDB: a longer note is
+/// a value the target rejects until the operator widens the column.
+const PG_ORDERS: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(32), amount numeric(12,2), note text)";
+
+async fn databases(prefix: &str) -> Databases {
+    let db = common::fresh_databases_on(PgServer::shared(), MariaDbServer::shared(), prefix).await;
+    db.pg.batch_execute(PG_ORDERS).await.unwrap();
+    common::mysql_exec(&db.mysql, MYSQL_PLAIN_ORDERS).await;
+    db
+}
+
+fn free_listen_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+fn dead_letter_config(db: &Databases, data_dir: &Path, listen: SocketAddr) -> String {
+    let toml = common::config_toml(db, data_dir, &["public.orders"], &listen.to_string());
+    let toml = toml.replace("on_error = \"halt\"", "on_error = \"dead_letter\"");
+    assert!(toml.contains("on_error = \"dead_letter\""));
+    toml
+}
+
+async fn mysql_ids(db: &Databases) -> Vec<String> {
+    common::mysql_rows(&db.mysql, "SELECT CAST(id AS CHAR) FROM orders ORDER BY id")
+        .await
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect()
+}
+
+async fn queued_ids(listen: SocketAddr) -> Vec<u64> {
+    queued_ids_of(listen, PIPELINE).await
+}
+
+async fn queued_ids_of(listen: SocketAddr, pipeline: &str) -> Vec<u64> {
+    match fetch_dead_letters(listen, Some(pipeline)).await {
+        Ok(list) => list.pipelines[pipeline].iter().map(|e| e.id).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn callosum(args: &[&str], config: &Path) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+async fn metrics_text(listen: SocketAddr) -> String {
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_row_is_dead_lettered_and_replayed_after_the_fix() {
+    let db = databases("dlq_replay").await;
+    let work = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let config = write_config(
+        work.path(),
+        &dead_letter_config(&db, &work.path().join("data"), listen),
+    );
+    let log = work.path().join("agent.log");
+    let mut agent = spawn_agent(&config, &log, &[]);
+    common::wait_for_slot(&db).await;
+
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (1, 1, 'ok', 1.00, 'fits')")
+        .await
+        .unwrap();
+    // one source transaction: a note too long for the target, and a good row
+    db.pg
+        .batch_execute(
+            "BEGIN; INSERT INTO orders VALUES (2, 1, 'poison', 2.00, repeat('x', 300));
+             INSERT INTO orders VALUES (3, 1, 'new', 3.00, 'n'); COMMIT;",
+        )
+        .await
+        .unwrap();
+    // unrelated rows flow; a change of row 3 must queue behind the poison
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (4, 1, 'ok', 4.00, 'n')")
+        .await
+        .unwrap();
+    db.pg
+        .batch_execute("UPDATE orders SET status = 'later' WHERE id = 3")
+        .await
+        .unwrap();
+    db.pg
+        .batch_execute("BEGIN; INSERT INTO orders VALUES (5, 1, 'ok', 5.00, 'n'); UPDATE orders SET status = 'paid' WHERE id = 1; COMMIT;")
+        .await
+        .unwrap();
+    common::wait_for(
+        "rows 1, 4 and 5 in MariaDB",
+        Duration::from_secs(60),
+        || async {
+            mysql_ids(&db).await == ["1", "4", "5"]
+                && common::mysql_rows(&db.mysql, "SELECT status FROM orders WHERE id = 1").await
+                    == vec![vec![Some("paid".to_string())]]
+        },
+    )
+    .await;
+    common::wait_for("two dead letters", Duration::from_secs(30), || async {
+        queued_ids(listen).await.len() == 2
+    })
+    .await;
+
+    let list = fetch_dead_letters(listen, None).await.unwrap();
+    let queued = &list.pipelines[PIPELINE];
+    let (poison, behind) = (&queued[0], &queued[1]);
+    assert_eq!(poison.events, 2, "the whole source transaction is queued");
+    assert_eq!(poison.behind, None);
+    assert!(
+        poison.message.contains("note"),
+        "names the column: {}",
+        poison.message
+    );
+    assert!(
+        poison.message.contains("orders"),
+        "names the table: {}",
+        poison.message
+    );
+    assert!(
+        !poison.message.contains("xxxxxxxx"),
+        "never the value: {}",
+        poison.message
+    );
+    assert_eq!(behind.events, 1);
+    assert_eq!(
+        behind.behind,
+        Some(poison.id),
+        "the update of row 3 waits behind it"
+    );
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains("xxxxxxxx"),
+        "no row value in the agent's log"
+    );
+
+    // inspectable: the operator sees the rows, values included
+    let detail = fetch_dead_letter(listen, PIPELINE, poison.id, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(detail.events.len(), 2);
+    assert_eq!(detail.events[0].op.as_str(), "insert");
+    let poison_row = detail.events[0].row.as_ref().unwrap();
+    assert_eq!(poison_row["id"], serde_json::json!(2));
+    assert_eq!(poison_row["note"].as_str().map(str::len), Some(300));
+    let (ok, shown) = callosum(&["dlq", "list"], &config).await;
+    assert!(
+        ok && shown.contains("queued behind"),
+        "`dlq list`:\n{shown}"
+    );
+
+    // the pipeline keeps streaming: ready, with its dead letters counted
+    let status = callosum::http::fetch_status(listen).await.unwrap();
+    assert_eq!(status.pipelines[PIPELINE].state, PipelineState::Streaming);
+    assert_eq!(status.pipelines[PIPELINE].dead_letters, 2);
+    let metrics = metrics_text(listen).await;
+    assert_eq!(
+        common::metric(&metrics, "callosum_dead_letter_events", PIPELINE),
+        3.0,
+        "events held in the queue"
+    );
+
+    // replay before the fix fails and keeps everything queued, in order
+    let (ok, shown) = callosum(&["dlq", "replay", "--pipeline", PIPELINE], &config).await;
+    assert!(!ok, "a failed replay exits non-zero:\n{shown}");
+    assert_eq!(queued_ids(listen).await, vec![poison.id, behind.id]);
+
+    // a SIGKILL loses nothing: the restarted agent still holds rows 2 and 3 back
+    kill(&mut agent).await;
+    let mut agent = spawn_agent(&config, &log, &[]);
+    db.pg
+        .batch_execute("DELETE FROM orders WHERE id = 2")
+        .await
+        .unwrap();
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (6, 1, 'ok', 6.00, 'n')")
+        .await
+        .unwrap();
+    common::wait_for(
+        "the delete of row 2 queued too",
+        Duration::from_secs(60),
+        || async { queued_ids(listen).await.len() == 3 },
+    )
+    .await;
+    common::wait_for("row 6 in MariaDB", Duration::from_secs(60), || async {
+        mysql_ids(&db).await == ["1", "4", "5", "6"]
+    })
+    .await;
+
+    // the operator widens the column and replays
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
+    let (ok, shown) = callosum(&["dlq", "replay", "--pipeline", PIPELINE], &config).await;
+    assert!(ok, "`dlq replay`:\n{shown}");
+    assert!(queued_ids(listen).await.is_empty());
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    let metrics = metrics_text(listen).await;
+    assert_eq!(
+        common::metric(&metrics, "callosum_dead_letter_events", PIPELINE),
+        0.0
+    );
+    // replay wrote its own checkpoint row in the same target transactions
+    let marker = common::mysql_rows(
+        &db.mysql,
+        "SELECT source_position FROM callosum_checkpoint WHERE pipeline = 'pg_to_mysql/dead_letters'",
+    )
+    .await;
+    assert_eq!(marker.len(), 1, "the replay checkpoint row");
+
+    // nothing is held back any more: row 3 flows again
+    db.pg
+        .batch_execute("UPDATE orders SET status = 'shipped' WHERE id = 3")
+        .await
+        .unwrap();
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    assert!(queued_ids(listen).await.is_empty());
+    kill(&mut agent).await;
+}
+
+/// A backlog applied in one target transaction holds one poison
+/// transaction among two hundred: the batch is taken apart, only that one
+/// is queued, and every other transaction is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_transaction_in_a_large_batch_is_isolated() {
+    let db = databases("dlq_isolate").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let config = Config::from_toml(&dead_letter_config(&db, data_dir.path(), listen)).unwrap();
+    common::audit::install_mysql(&db.mysql).await;
+    let agent = Agent::start(config.clone()).await.unwrap();
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (0, 0, 'ok', 0.00, 'n')")
+        .await
+        .unwrap();
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    // the backlog builds up while the agent is stopped
+    agent.stop().await;
+    for id in 1..=200 {
+        let note = if id == 120 {
+            "repeat('y', 300)".to_string()
+        } else {
+            "'n'".to_string()
+        };
+        db.pg
+            .batch_execute(&format!(
+                "INSERT INTO orders VALUES ({id}, {id}, 'new', 1.00, {note})"
+            ))
+            .await
+            .unwrap();
+    }
+    let agent = Agent::start(config.clone()).await.unwrap();
+    common::wait_for(
+        "199 new rows in MariaDB",
+        Duration::from_secs(60),
+        || async {
+            common::mysql_rows(&db.mysql, "SELECT CAST(count(*) AS CHAR) FROM orders").await
+                == vec![vec![Some("200".to_string())]]
+        },
+    )
+    .await;
+    assert!(!mysql_ids(&db).await.contains(&"120".to_string()));
+    let list = fetch_dead_letters(listen, Some(PIPELINE)).await.unwrap();
+    let queued = &list.pipelines[PIPELINE];
+    assert_eq!(queued.len(), 1, "only the poison transaction: {queued:?}");
+    assert_eq!(queued[0].events, 1);
+    assert!(queued[0].message.contains("note"), "{}", queued[0].message);
+    // every checkpoint write moved forward: nothing was applied twice
+    common::audit::assert_strictly_increasing(
+        &common::audit::mysql_positions(&db.mysql).await,
+        "isolating a poison transaction",
+    );
+
+    // discarding drops it for good, and frees its row
+    let report = discard_dead_letters(listen, PIPELINE, DiscardSelection::All)
+        .await
+        .unwrap();
+    assert_eq!(report.discarded, vec![queued[0].id]);
+    assert_eq!(report.remaining, 0);
+    db.pg
+        .batch_execute("UPDATE orders SET note = 'short now' WHERE id = 120; INSERT INTO orders VALUES (201, 1, 'new', 1.00, 'n')")
+        .await
+        .unwrap();
+    common::wait_for("row 201 in MariaDB", Duration::from_secs(60), || async {
+        mysql_ids(&db).await.contains(&"201".to_string())
+    })
+    .await;
+    // the update of the discarded row applies as an upsert of the whole row
+    assert!(mysql_ids(&db).await.contains(&"120".to_string()));
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    let report = replay_dead_letters(listen, PIPELINE, None).await.unwrap();
+    assert!(report.replayed.is_empty() && report.failed.is_none());
+    agent.stop().await;
+}
+
+/// A replay that a crash interrupted after the target committed it is not
+/// applied again: the replay checkpoint row says it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_skips_what_an_interrupted_replay_already_applied() {
+    let db = databases("dlq_marker").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let config = Config::from_toml(&dead_letter_config(&db, data_dir.path(), listen)).unwrap();
+    let agent = Agent::start(config).await.unwrap();
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (1, 1, 'poison', 1.00, repeat('z', 300))")
+        .await
+        .unwrap();
+    common::wait_for("the dead letter", Duration::from_secs(60), || async {
+        queued_ids(listen).await.len() == 1
+    })
+    .await;
+    let entry = fetch_dead_letters(listen, Some(PIPELINE))
+        .await
+        .unwrap()
+        .pipelines[PIPELINE][0]
+        .clone();
+    // as if a replay committed in the target and the agent died before it
+    // removed the entry: the replay checkpoint row is at its position
+    common::mysql_exec(
+        &db.mysql,
+        &format!(
+            "INSERT INTO callosum_checkpoint (pipeline, source_position, applied_at, transactions) \
+             VALUES ('{PIPELINE}/dead_letters', '{}', NOW(6), 1)",
+            entry.position
+        ),
+    )
+    .await;
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
+    let report = replay_dead_letters(listen, PIPELINE, None).await.unwrap();
+    assert_eq!(report.already_applied, vec![entry.id]);
+    assert!(report.replayed.is_empty());
+    assert!(mysql_ids(&db).await.is_empty(), "not applied a second time");
+    agent.stop().await;
+}
+
+/// Transactions larger than one chunk: the poison in the last chunk rolls
+/// back the whole target transaction, a later large transaction is found to
+/// change a held-back row only in its last chunk, and replay applies both
+/// in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transactions_are_dead_lettered_and_replayed_in_chunks() {
+    let db = databases("dlq_chunks").await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let toml = dead_letter_config(&db, data_dir.path(), listen).replace(
+        "on_error = \"dead_letter\"",
+        "on_error = \"dead_letter\"\nmax_batch_events = 100",
+    );
+    let agent = Agent::start(Config::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute(
+            "INSERT INTO orders SELECT g, g, 'bulk', 1.00, CASE WHEN g = 1000 THEN repeat('w', 300) ELSE 'n' END
+               FROM generate_series(1, 1000) g",
+        )
+        .await
+        .unwrap();
+    db.pg
+        .batch_execute(
+            "BEGIN; INSERT INTO orders SELECT g, g, 'bulk', 1.00, 'n' FROM generate_series(1001, 1300) g;
+             UPDATE orders SET status = 'touched' WHERE id = 5; COMMIT;",
+        )
+        .await
+        .unwrap();
+    db.pg
+        .batch_execute("INSERT INTO orders VALUES (2000, 1, 'ok', 1.00, 'n')")
+        .await
+        .unwrap();
+    common::wait_for("row 2000 in MariaDB", Duration::from_secs(60), || async {
+        mysql_ids(&db).await == ["2000"]
+    })
+    .await;
+    let list = fetch_dead_letters(listen, Some(PIPELINE)).await.unwrap();
+    let queued = &list.pipelines[PIPELINE];
+    assert_eq!(
+        queued
+            .iter()
+            .map(|e| (e.events, e.behind))
+            .collect::<Vec<_>>(),
+        vec![(1000, None), (301, Some(queued[0].id))]
+    );
+    let metrics = agent.metrics.encode();
+    assert_eq!(
+        common::metric(&metrics, "callosum_dead_letter_events", PIPELINE),
+        1301.0
+    );
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
+    let report = replay_dead_letters(listen, PIPELINE, None).await.unwrap();
+    assert_eq!(report.replayed.len(), 2, "{report:?}");
+    assert_eq!(report.remaining, 0);
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    agent.stop().await;
+}
+
+/// The other direction: a PostgreSQL target whose CHECK constraint rejects a
+/// MariaDB row; replay after the constraint is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_constraint_violation_is_dead_lettered_and_replayed() {
+    let db =
+        common::fresh_databases_on(PgServer::shared(), MariaDbServer::shared(), "dlq_to_pg").await;
+    db.pg
+        .batch_execute(&format!(
+            "{PG_ORDERS}; ALTER TABLE orders ADD CONSTRAINT amount_not_negative CHECK (amount >= 0)"
+        ))
+        .await
+        .unwrap();
+    common::mysql_exec(&db.mysql, MYSQL_PLAIN_ORDERS).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let pipeline = common::TestPipeline {
+        name: "mysql_to_pg",
+        from: "erp",
+        to: "crm",
+        tables: &["orders"],
+    };
+    let toml = common::config_toml_with(&db, data_dir.path(), &[pipeline], &listen.to_string())
+        .replace("on_error = \"halt\"", "on_error = \"dead_letter\"");
+    let agent = Agent::start(Config::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    // capture starts at the binlog's position when it first connects
+    common::wait_for(
+        "the pipeline to stream",
+        Duration::from_secs(60),
+        || async {
+            agent
+                .status
+                .get("mysql_to_pg")
+                .is_some_and(|s| s.state == PipelineState::Streaming && s.source_position.is_some())
+        },
+    )
+    .await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO orders VALUES (0, 0, 'ok', 0.00, 'n')",
+    )
+    .await;
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+
+    common::mysql_exec(
+        &db.mysql,
+        "BEGIN; INSERT INTO orders VALUES (1, 1, 'refund', -5.00, 'n'), (2, 1, 'ok', 2.00, 'n'); COMMIT",
+    )
+    .await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO orders VALUES (3, 1, 'ok', 3.00, 'n')",
+    )
+    .await;
+    common::mysql_exec(&db.mysql, "UPDATE orders SET status = 'paid' WHERE id = 2").await;
+    common::wait_for("row 3 in PostgreSQL", Duration::from_secs(60), || async {
+        let rows = db
+            .pg
+            .query("SELECT id FROM orders ORDER BY id", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>() == [0, 3]
+    })
+    .await;
+    common::wait_for("two dead letters", Duration::from_secs(30), || async {
+        queued_ids_of(listen, "mysql_to_pg").await.len() == 2
+    })
+    .await;
+    let list = fetch_dead_letters(listen, Some("mysql_to_pg"))
+        .await
+        .unwrap();
+    let queued = &list.pipelines["mysql_to_pg"];
+    assert_eq!(queued[0].reason_kind, "constraint");
+    assert!(
+        queued[0].message.contains("amount_not_negative") || queued[0].message.contains("orders"),
+        "says what: {}",
+        queued[0].message
+    );
+    assert_eq!(queued[1].behind, Some(queued[0].id));
+
+    db.pg
+        .batch_execute("ALTER TABLE orders DROP CONSTRAINT amount_not_negative")
+        .await
+        .unwrap();
+    let report = replay_dead_letters(listen, "mysql_to_pg", None)
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, vec![queued[0].id, queued[1].id]);
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    let marker: String = db
+        .pg
+        .query_one(
+            "SELECT source_position FROM callosum_checkpoint WHERE pipeline = 'mysql_to_pg/dead_letters'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marker, queued[1].position);
+    agent.stop().await;
+}
+
+#[derive(Default)]
+struct Recorder {
+    /// Source transactions per committed target transaction.
+    batches: Vec<usize>,
+    dead_letters: Vec<(u64, Position, Option<ErrorKind>)>,
+}
+
+impl ApplyObserver for Recorder {
+    fn applied(&mut self, batch: &AppliedBatch) {
+        self.batches.push(batch.transactions.len());
+    }
+    fn pending(&mut self, _: &Pending) {}
+    fn dead_lettered(&mut self, entry: &DeadLetter, cause: Option<ErrorKind>, _: QueueSize) {
+        self.dead_letters
+            .push((entry.id, entry.position.clone(), cause));
+    }
+}
+
+/// The apply loop itself, on a log written directly and a real MariaDB
+/// sink: two hundred one-row transactions form one batch, one of them holds
+/// a note too long for the target. The batch is halved until the poison is
+/// alone; every other transaction is applied once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
+    let db = databases("dlq_halves").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let column = |name: &str, source_type: &str, is_key| ColumnSchema {
+        name: name.into(),
+        source_type: source_type.into(),
+        is_key,
+    };
+    let schema = Arc::new(TableSchema {
+        table: TableId::new("public", "orders"),
+        columns: vec![
+            column("id", "int8", true),
+            column("customer_id", "int8", false),
+            column("status", "varchar", false),
+            column("amount", "numeric", false),
+            column("note", "text", false),
+        ],
+    });
+    let mut writer = log.writer("crm").unwrap();
+    for id in 1..=200i64 {
+        let note = if id == 120 {
+            "v".repeat(300)
+        } else {
+            "n".into()
+        };
+        writer.begin();
+        writer
+            .append(ChangeEvent {
+                schema: schema.clone(),
+                change: RowChange::Insert {
+                    row: vec![
+                        Value::Int(id),
+                        Value::Int(id),
+                        Value::Text("new".into()),
+                        Value::Decimal("1.00".into()),
+                        Value::Text(note),
+                    ],
+                },
+            })
+            .unwrap();
+        writer
+            .commit(TransactionMeta {
+                position: Position::Pg(Lsn(id as u64 * 100)),
+                resume_position: Position::Pg(Lsn(id as u64 * 100 + 1)),
+                commit_time_micros: 0,
+            })
+            .unwrap();
+    }
+    writer.flush().await.unwrap();
+    common::audit::install_mysql(&db.mysql).await;
+    let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
+    let mut sink = MySqlSink::connect(MySqlSinkConfig {
+        store: "erp".into(),
+        url: db.mysql_url.clone(),
+        password: None,
+        pipeline: PIPELINE.into(),
+        tables: vec![(
+            TableId::new("public", "orders"),
+            TableId::new(&database, "orders"),
+        )],
+    })
+    .await
+    .unwrap();
+    let mut reader = log.reader("crm", PIPELINE).unwrap();
+    let mut queue = DeadLetterQueue::open(log.dead_letters(PIPELINE).unwrap()).unwrap();
+    let mut recorder = Recorder::default();
+    let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let (_commands_tx, mut commands) = tokio::sync::mpsc::channel(1);
+    let applying = apply::apply(
+        &mut sink,
+        &mut reader,
+        ApplyOptions {
+            max_batch_events: 5000,
+            on_error: OnPermanentError::DeadLetter,
+        },
+        &mut queue,
+        &mut recorder,
+        &mut shutdown,
+        &mut commands,
+    );
+    let watching = async {
+        common::wait_for("199 rows in MariaDB", Duration::from_secs(60), || async {
+            common::mysql_rows(&db.mysql, "SELECT CAST(count(*) AS CHAR) FROM orders").await
+                == vec![vec![Some("199".to_string())]]
+        })
+        .await;
+        // the checkpoint moved past the poison too
+        common::wait_for(
+            "the checkpoint at the last transaction",
+            Duration::from_secs(30),
+            || async {
+                common::mysql_rows(&db.mysql, "SELECT source_position FROM callosum_checkpoint")
+                    .await
+                    == vec![vec![Some(Position::Pg(Lsn(20000)).to_string())]]
+            },
+        )
+        .await;
+        stop.send(true).unwrap();
+    };
+    let (stopped, ()) = tokio::join!(applying, watching);
+    assert!(matches!(stopped, Ok(ApplyStop::Shutdown)), "{stopped:?}");
+    assert_eq!(
+        recorder.dead_letters,
+        vec![(1, Position::Pg(Lsn(12000)), Some(ErrorKind::Conversion))]
+    );
+    assert_eq!(
+        recorder.batches.iter().sum::<usize>(),
+        199,
+        "{:?}",
+        recorder.batches
+    );
+    assert!(
+        recorder.batches.len() <= 16,
+        "halving, not one target transaction per source transaction: {:?}",
+        recorder.batches
+    );
+    assert!(!mysql_ids(&db).await.contains(&"120".to_string()));
+    common::audit::assert_strictly_increasing(
+        &common::audit::mysql_positions(&db.mysql).await,
+        "halving a rejected batch",
+    );
+}
