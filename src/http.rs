@@ -446,32 +446,19 @@ pub fn format_status(report: &StatusReport) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let format_row = |cells: &[&str]| {
-        let mut line = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        line.push('\n');
-        line
-    };
-    let mut out = format_row(&header);
-    for (row, status) in rows.iter().zip(report.pipelines.values()) {
-        out.push_str(&format_row(&row.each_ref().map(String::as_str)));
-        if let Some(err) = &status.last_error {
-            out.push_str(&format!("    last error: {err}\n"));
-        }
-    }
-    out
+    let rows: Vec<(Vec<String>, Vec<String>)> = rows
+        .into_iter()
+        .zip(report.pipelines.values())
+        .map(|(cells, status)| {
+            let notes = status
+                .last_error
+                .iter()
+                .map(|err| format!("last error: {err}"))
+                .collect();
+            (cells.to_vec(), notes)
+        })
+        .collect();
+    crate::text_table::format_table(&header, &rows)
 }
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";

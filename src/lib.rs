@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod testkit;
+pub mod text_table;

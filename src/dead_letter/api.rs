@@ -321,6 +321,14 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The JSON of `result`, or its error as text with its status.
+fn answer<T: Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(value) => json_response(&value),
+        Err(err) => err.into_response(),
+    }
+}
+
 fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
@@ -435,10 +443,7 @@ async fn list_handler(State(state): State<ApiState>, RawQuery(query): RawQuery) 
         .await
     }
     .await;
-    match result {
-        Ok(list) => json_response(&list),
-        Err(err) => err.into_response(),
-    }
+    answer(result)
 }
 
 async fn show_handler(
@@ -485,10 +490,7 @@ async fn show_handler(
         })
     }
     .await;
-    match result {
-        Ok(detail) => json_response(&detail),
-        Err(err) => err.into_response(),
-    }
+    answer(result)
 }
 
 /// Sends the command `make` builds to `pipeline`'s apply worker and waits
@@ -526,10 +528,7 @@ async fn replay_handler(
         .await
     }
     .await;
-    match result {
-        Ok(report) => json_response(&report),
-        Err(err) => err.into_response(),
-    }
+    answer(result)
 }
 
 async fn discard_handler(
@@ -579,10 +578,7 @@ async fn discard_handler(
         .await
     }
     .await;
-    match result {
-        Ok(report) => json_response(&report),
-        Err(err) => err.into_response(),
-    }
+    answer(result)
 }
 
 // ---------------------------------------------------------------------------
@@ -751,38 +747,6 @@ pub async fn print_discard(
 // ---------------------------------------------------------------------------
 // terminal formatting
 
-/// Rows aligned under `header`, each followed by its extra lines (indented
-/// notes such as a hint).
-fn format_table(header: &[&str], rows: &[(Vec<String>, Vec<String>)]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for (cells, _) in rows {
-        for (w, cell) in widths.iter_mut().zip(cells) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let format_row = |cells: &[&str]| {
-        let mut line = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        line.push('\n');
-        line
-    };
-    let mut out = format_row(header);
-    for (cells, notes) in rows {
-        let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
-        out.push_str(&format_row(&cells));
-        for note in notes {
-            out.push_str(&format!("    {note}\n"));
-        }
-    }
-    out
-}
-
 /// Why `entry` is queued, in one line.
 fn reason_text(entry: &DeadLetterView) -> String {
     match entry.behind {
@@ -862,7 +826,7 @@ pub fn format_dead_letter_list(list: &DeadLetterList) -> String {
     if rows.is_empty() {
         return "no dead letters\n".to_owned();
     }
-    format_table(
+    crate::text_table::format_table(
         &[
             "PIPELINE",
             "ID",

@@ -54,16 +54,7 @@ fn read_all(reader: &mut LogReader) -> Vec<(Position, Vec<i64>)> {
         for (seq, txn) in txns {
             let mut events = Vec::new();
             reader.read_events(&txn, 0, u64::MAX, &mut events).unwrap();
-            let ids = events
-                .iter()
-                .map(|e| match &e.change {
-                    RowChange::Insert { row } => match row[0] {
-                        Value::Int(i) => i,
-                        _ => unreachable!(),
-                    },
-                    _ => unreachable!(),
-                })
-                .collect();
+            let ids = ids_of(&events);
             out.push((txn.position.clone(), ids));
             reader.mark_applied(seq, &txn).unwrap();
         }
