@@ -121,7 +121,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => match load(&config) {
                 Ok(config) => report(crate::agent::run_until_signal(config).await),
@@ -138,7 +138,11 @@ pub fn main() -> ExitCode {
             Command::Dlq { command } => run_dlq(command).await,
             Command::Demo { seconds, rate } => report(crate::demo::run(seconds, rate).await),
         }
-    })
+    });
+    // a worker stuck in a failed disk's flush never returns: do not wait
+    // for it on the way out
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn run_dlq(command: DlqCommand) -> ExitCode {

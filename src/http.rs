@@ -382,6 +382,11 @@ pub(crate) async fn http_request(
         addr,
         reason: reason.to_owned(),
     };
+    if raw.is_empty() {
+        return Err(malformed(
+            "the connection closed without an answer (did the agent stop?)",
+        ));
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -704,3 +704,77 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
         "halving a rejected batch",
     );
 }
+
+/// The agent is SIGKILLed while it replays a 100,000-row dead letter; the
+/// replay is run again after the restart. The replay checkpoint row is
+/// written once per replayed transaction (audited by a trigger), and both
+/// sides end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_midway_is_finished_exactly_once() {
+    let db = databases("dlq_replay_kill").await;
+    common::audit::install_mysql(&db.mysql).await;
+    let work = tempfile::tempdir().unwrap();
+    let listen = free_listen_addr();
+    let config = write_config(
+        work.path(),
+        &dead_letter_config(&db, &work.path().join("data"), listen),
+    );
+    let log = work.path().join("agent.log");
+    let mut agent = spawn_agent(&config, &log, &[]);
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute(
+            "INSERT INTO orders SELECT g, g, 'bulk', 1.00, CASE WHEN g = 100000 THEN repeat('k', 300) ELSE 'n' END
+               FROM generate_series(1, 100000) g",
+        )
+        .await
+        .unwrap();
+    common::wait_for("the dead letter", Duration::from_secs(300), || async {
+        queued_ids(listen).await.len() == 1
+    })
+    .await;
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
+
+    let replaying = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
+        .args(["dlq", "replay", "--pipeline", PIPELINE, "--config"])
+        .arg(&config)
+        .output();
+    let replaying = tokio::spawn(replaying);
+    // somewhere inside the replay of 100,000 rows
+    let moment = {
+        use rand::Rng;
+        rand::thread_rng().gen_range(100..800)
+    };
+    tokio::time::sleep(Duration::from_millis(moment)).await;
+    kill(&mut agent).await;
+    let first = replaying.await.unwrap().unwrap();
+    eprintln!(
+        "replay interrupted after {moment} ms: {}{}",
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    let mut agent = spawn_agent(&config, &log, &[]);
+    common::wait_for("the restarted agent", Duration::from_secs(60), || async {
+        callosum::http::fetch_status(listen)
+            .await
+            .is_ok_and(|s| s.pipelines[PIPELINE].state == PipelineState::Streaming)
+    })
+    .await;
+    let (ok, shown) = callosum(&["dlq", "replay", "--pipeline", PIPELINE], &config).await;
+    assert!(ok, "`dlq replay` after the restart:\n{shown}");
+    eprintln!("replay after the restart: {shown}");
+    assert!(queued_ids(listen).await.is_empty());
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(120)).await;
+    let marker_writes = common::mysql_rows(
+        &db.mysql,
+        "SELECT source_position FROM checkpoint_audit WHERE pipeline = 'pg_to_mysql/dead_letters' ORDER BY seq",
+    )
+    .await;
+    assert_eq!(
+        marker_writes.len(),
+        1,
+        "one replayed transaction, one committed replay: {marker_writes:?}"
+    );
+    kill(&mut agent).await;
+}

@@ -142,7 +142,30 @@ async fn a_full_log_disk_stops_capture_without_acknowledging_and_loses_nothing()
         slot_lsn < end_lsn,
         "the source was not acknowledged past what the log could hold"
     );
-    common::agent_process::kill(&mut agent).await;
+    // SIGTERM cannot finish a flush that never returns: the agent gives up
+    // after STOP_TIMEOUT and says why, instead of hanging
+    let pid = agent.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::time::timeout(
+        callosum::agent::STOP_TIMEOUT + Duration::from_secs(20),
+        agent.wait(),
+    )
+    .await
+    .expect("the agent exits after a stop that cannot finish")
+    .unwrap();
+    assert!(
+        !exited.success(),
+        "a stop that could not flush is not a success"
+    );
+    let agent_log = std::fs::read_to_string(work.path().join("agent.log")).unwrap();
+    assert!(
+        agent_log.contains("did not stop within"),
+        "the agent says why it gave up"
+    );
 
     // the operator moves the data_dir to a healthy disk and restarts
     let healthy = tempfile::tempdir().unwrap();

@@ -32,6 +32,10 @@ const TRUNCATE_EVERY: Duration = Duration::from_secs(1);
 /// sled waits forever on a full disk instead of returning an error. Healthy
 /// flushes take milliseconds.
 const LOG_FLUSH_STALL: Duration = Duration::from_secs(30);
+/// How long a graceful stop may take before the agent gives up on it: a
+/// worker stuck in a change-log flush (a full disk) never finishes. Nothing
+/// unflushed was acknowledged, so exiting without it loses nothing.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `callosum_source_lag_bytes` is read from a PostgreSQL slot:
 /// an alerting signal, not a hot path.
 const SLOT_LAG_EVERY: Duration = Duration::from_secs(5);
@@ -61,7 +65,15 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     info!(listen = %agent.http_addr, "callosum running");
     wait_for_signal().await;
     info!("stopping: finishing batches, flushing the log, acknowledging");
-    agent.stop().await;
+    if tokio::time::timeout(STOP_TIMEOUT, agent.stop())
+        .await
+        .is_err()
+    {
+        anyhow::bail!(
+            "the agent did not stop within {} s: a worker is stuck, most likely in a change-log flush on a full or failing disk; exiting without it (nothing that was not flushed was acknowledged, so a restart on a healthy disk loses nothing)",
+            STOP_TIMEOUT.as_secs()
+        );
+    }
     info!("stopped");
     Ok(())
 }
