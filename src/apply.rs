@@ -163,6 +163,9 @@ pub async fn apply<K: Sink>(
             [(seq, txn)] if txn.events > max_batch_events => {
                 applier.apply_streamed(*seq, txn, &mut prepared).await?;
             }
+            _ if applier.dead_letters.is_empty() => {
+                applier.apply_batch(&transactions, &mut prepared).await?;
+            }
             _ => {
                 let events = receive_whole(&mut prepared).await?;
                 applier.apply_group(&transactions, &events).await?;
@@ -197,7 +200,7 @@ fn event_ranges(transactions: &[(u64, TxnRecord)]) -> Vec<std::ops::Range<usize>
 impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
     /// Applies whole source transactions (at most a chunk of events),
     /// queueing behind the dead-letter queue those that change rows it
-    /// holds back. Boxed: it recurses through [`Applier::apply_run`].
+    /// holds back. Boxed: it recurses through [`Applier::take_apart`].
     fn apply_group<'s>(
         &'s mut self,
         transactions: &'s [(u64, TxnRecord)],
@@ -231,12 +234,51 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         })
     }
 
+    /// Applies a prepared batch while the queue holds nothing back: the
+    /// checkpoint row goes to the target while the prefetch task may still
+    /// be decoding the batch's events. When the target rejects the data,
+    /// the batch is taken apart ([`Applier::take_apart`]).
+    async fn apply_batch(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        prepared: &mut PreparedRx,
+    ) -> Result<(), ConnectorError> {
+        let started = Instant::now();
+        let (_, last) = transactions.last().expect("a batch has a transaction");
+        let on_error = self.on_error;
+        let mut events = Vec::new();
+        let result: Result<(), Failure> = async {
+            self.sink
+                .begin(&last.position)
+                .await
+                .map_err(Failure::Failed)?;
+            events = receive_whole(prepared).await.map_err(Failure::Failed)?;
+            if !events.is_empty() {
+                self.sink
+                    .apply(&events)
+                    .await
+                    .map_err(|err| data_failure(on_error, err))?;
+            }
+            self.sink
+                .commit()
+                .await
+                .map_err(|err| data_failure(on_error, err))
+        }
+        .await;
+        match self
+            .settle(transactions, events.len() as u64, started, result)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Failure::Rejected(err)) => self.take_apart(transactions, &events, err).await,
+            Err(Failure::Failed(err)) => Err(err),
+            Err(Failure::QueuedBehind(_)) => Err(out_of_step()),
+        }
+    }
+
     /// Applies transactions none of which the queue held back when the run
-    /// started, as one target transaction. When the target rejects their
-    /// data, the run is halved until the transaction at fault is alone: it
-    /// goes to the dead-letter queue, the others are applied (a batch of
-    /// 5,000 transactions with one poison costs about 25 attempts, not
-    /// 5,000 target transactions).
+    /// started, as one target transaction; when the target rejects their
+    /// data, see [`Applier::take_apart`].
     async fn apply_run(
         &mut self,
         transactions: &[(u64, TxnRecord)],
@@ -245,11 +287,25 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         if transactions.is_empty() {
             return Ok(());
         }
-        let err = match self.commit(transactions, events).await {
-            Ok(()) => return Ok(()),
-            Err(err) if self.dead_letters_err(&err) => err,
-            Err(err) => return Err(err),
-        };
+        match self.commit(transactions, events).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Rejected(err)) => self.take_apart(transactions, events, err).await,
+            Err(Failure::Failed(err)) => Err(err),
+            Err(Failure::QueuedBehind(_)) => Err(out_of_step()),
+        }
+    }
+
+    /// The target rejected the data of `transactions` (with `err`): halves
+    /// them until the transaction at fault is alone; it goes to the
+    /// dead-letter queue, the others are applied (a batch of 5,000
+    /// transactions with one poison costs about 25 attempts, not 5,000
+    /// target transactions).
+    async fn take_apart(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+        err: ConnectorError,
+    ) -> Result<(), ConnectorError> {
         if let [(seq, txn)] = transactions {
             return self
                 .dead_letter(*seq, txn, failure_reason(&err), Some(err.kind))
@@ -273,41 +329,62 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         &mut self,
         transactions: &[(u64, TxnRecord)],
         events: &[ChangeEvent],
-    ) -> Result<(), ConnectorError> {
+    ) -> Result<(), Failure> {
         let started = Instant::now();
-        self.commit_unreported(transactions, events).await?;
-        let (_, last) = transactions.last().expect("a run has a transaction");
-        self.observer.applied(&AppliedBatch {
-            transactions,
-            events: events.len() as u64,
-            duration: started.elapsed(),
-            checkpoint: &last.position,
-        });
-        Ok(())
+        let result = self.run_target_transaction(transactions, events).await;
+        self.settle(transactions, events.len() as u64, started, result)
+            .await
     }
 
-    /// Applies `transactions` in one target transaction, checkpoint first;
-    /// rolls back on error.
-    async fn commit_unreported(
+    /// Begin (checkpoint row), apply, commit. Errors of the checkpoint row
+    /// are never the data's fault.
+    async fn run_target_transaction(
         &mut self,
         transactions: &[(u64, TxnRecord)],
         events: &[ChangeEvent],
-    ) -> Result<(), ConnectorError> {
-        let (last_seq, last) = transactions.last().expect("a run has a transaction");
-        let result = async {
-            self.sink.begin(&last.position).await?;
-            if !events.is_empty() {
-                self.sink.apply(events).await?;
-            }
-            self.sink.commit().await
+    ) -> Result<(), Failure> {
+        let (_, last) = transactions.last().expect("a run has a transaction");
+        let on_error = self.on_error;
+        self.sink
+            .begin(&last.position)
+            .await
+            .map_err(Failure::Failed)?;
+        if !events.is_empty() {
+            self.sink
+                .apply(events)
+                .await
+                .map_err(|err| data_failure(on_error, err))?;
         }
-        .await;
-        if let Err(err) = result {
+        self.sink
+            .commit()
+            .await
+            .map_err(|err| data_failure(on_error, err))
+    }
+
+    /// After a target transaction over `transactions`: on success moves the
+    /// cursor and reports it; on failure rolls back.
+    async fn settle(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: u64,
+        started: Instant,
+        result: Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        if let Err(failure) = result {
             // best effort: the connection may be gone, and then so is the transaction
             let _ = self.sink.rollback().await;
-            return Err(err);
+            return Err(failure);
         }
-        self.reader.mark_applied(*last_seq, last)?;
+        let (last_seq, last) = transactions.last().expect("a run has a transaction");
+        self.reader
+            .mark_applied(*last_seq, last)
+            .map_err(|err| Failure::Failed(err.into()))?;
+        self.observer.applied(&AppliedBatch {
+            transactions,
+            events,
+            duration: started.elapsed(),
+            checkpoint: &last.position,
+        });
         Ok(())
     }
 
@@ -320,57 +397,50 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         prepared: &mut PreparedRx,
     ) -> Result<(), ConnectorError> {
         let started = Instant::now();
+        let on_error = self.on_error;
         let mut applied = 0u64;
-        let result: Result<(), Refusal> = async {
-            self.sink.begin(&txn.position).await?;
+        let result: Result<(), Failure> = async {
+            self.sink
+                .begin(&txn.position)
+                .await
+                .map_err(Failure::Failed)?;
             loop {
-                match prepared.recv().await.ok_or_else(prefetch_gone)?? {
+                let message = prepared
+                    .recv()
+                    .await
+                    .ok_or_else(prefetch_gone)
+                    .and_then(|m| m.map_err(ConnectorError::from))
+                    .map_err(Failure::Failed)?;
+                match message {
                     Prepared::Events(events) => {
                         if let Some(behind) = self.dead_letters.blocking(&events) {
-                            return Err(Refusal::QueuedBehind(behind));
+                            return Err(Failure::QueuedBehind(behind));
                         }
-                        self.sink.apply(&events).await?;
+                        self.sink
+                            .apply(&events)
+                            .await
+                            .map_err(|err| data_failure(on_error, err))?;
                         applied += events.len() as u64;
                     }
                     Prepared::Commit => break,
-                    Prepared::Begin(_) => return Err(out_of_step().into()),
+                    Prepared::Begin(_) => return Err(Failure::Failed(out_of_step())),
                 }
             }
-            Ok(self.sink.commit().await?)
+            self.sink
+                .commit()
+                .await
+                .map_err(|err| data_failure(on_error, err))
         }
         .await;
-        let (reason, cause) = match result {
-            Ok(()) => {
-                self.reader.mark_applied(seq, txn)?;
-                let transactions = [(seq, txn.clone())];
-                self.observer.applied(&AppliedBatch {
-                    transactions: &transactions,
-                    events: applied,
-                    duration: started.elapsed(),
-                    checkpoint: &txn.position,
-                });
-                return Ok(());
-            }
-            Err(refusal) => {
-                // best effort: the connection may be gone, and then so is the transaction
-                let _ = self.sink.rollback().await;
-                match refusal {
-                    Refusal::QueuedBehind(behind) => (queued_behind(behind), None),
-                    Refusal::Failed(err) if self.dead_letters_err(&err) => {
-                        (failure_reason(&err), Some(err.kind))
-                    }
-                    Refusal::Failed(err) => return Err(err),
-                }
-            }
+        let transactions = [(seq, txn.clone())];
+        let (reason, cause) = match self.settle(&transactions, applied, started, result).await {
+            Ok(()) => return Ok(()),
+            Err(Failure::QueuedBehind(behind)) => (queued_behind(behind), None),
+            Err(Failure::Rejected(err)) => (failure_reason(&err), Some(err.kind)),
+            Err(Failure::Failed(err)) => return Err(err),
         };
         skip_to_commit(prepared).await?;
         self.dead_letter(seq, txn, reason, cause).await
-    }
-
-    /// Whether `err` sends the transaction to the dead-letter queue: the
-    /// target refused its data for good and the pipeline dead-letters.
-    fn dead_letters_err(&self, err: &ConnectorError) -> bool {
-        self.on_error == OnPermanentError::DeadLetter && err.kind.rejects_data()
     }
 
     /// Stores the source transaction in the dead-letter queue (durably),
@@ -395,28 +465,39 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
             "source transaction dead-lettered"
         );
         // the checkpoint alone: nothing of it is applied
-        self.commit_unreported(&[(seq, txn.clone())], &[]).await?;
+        let only_checkpoint = self
+            .run_target_transaction(&[(seq, txn.clone())], &[])
+            .await;
+        if let Err(Failure::Rejected(err) | Failure::Failed(err)) = only_checkpoint {
+            // best effort: the connection may be gone, and then so is the transaction
+            let _ = self.sink.rollback().await;
+            return Err(err);
+        }
+        self.reader.mark_applied(seq, txn)?;
         self.observer
             .dead_lettered(&entry, cause, self.dead_letters.size());
         Ok(())
     }
 }
 
-/// Why a streamed transaction was not committed.
-enum Refusal {
+/// Why a target transaction did not commit.
+enum Failure {
+    /// The target refused the transaction's data for good, and the
+    /// pipeline dead-letters: take the batch apart.
+    Rejected(ConnectorError),
+    /// A chunk changes rows the dead-letter queue holds back.
     QueuedBehind(u64),
+    /// Anything else (connection, checkpoint row, log): retry or halt.
     Failed(ConnectorError),
 }
 
-impl From<ConnectorError> for Refusal {
-    fn from(err: ConnectorError) -> Self {
-        Refusal::Failed(err)
-    }
-}
-
-impl From<LogError> for Refusal {
-    fn from(err: LogError) -> Self {
-        Refusal::Failed(err.into())
+/// Classifies an error of the target while it applied data: whether the
+/// transaction goes to the dead-letter queue is decided here, once.
+fn data_failure(on_error: OnPermanentError, err: ConnectorError) -> Failure {
+    if on_error == OnPermanentError::DeadLetter && err.kind.rejects_data() {
+        Failure::Rejected(err)
+    } else {
+        Failure::Failed(err)
     }
 }
 

@@ -62,6 +62,11 @@ impl DeadLetterQueue {
         &self.queue
     }
 
+    /// Nothing is queued, so nothing is held back.
+    pub fn is_empty(&self) -> bool {
+        self.size.transactions == 0 && self.blocked.is_empty()
+    }
+
     pub fn size(&self) -> QueueSize {
         self.size
     }
