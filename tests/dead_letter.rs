@@ -687,6 +687,10 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
         recorder.dead_letters,
         vec![(1, Position::Pg(Lsn(12000)), Some(ErrorKind::Conversion))]
     );
+    eprintln!(
+        "source transactions per target transaction: {:?}",
+        recorder.batches
+    );
     assert_eq!(
         recorder.batches.iter().sum::<usize>(),
         199,
