@@ -709,13 +709,32 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
     );
 }
 
+/// How a replay is interrupted.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    Sigkill,
+    /// A graceful stop: the replay rolls back between two chunks and the
+    /// agent exits 0 promptly.
+    Sigterm,
+}
+
 /// The agent is SIGKILLed while it replays a 100,000-row dead letter; the
 /// replay is run again after the restart. The replay checkpoint row is
 /// written once per replayed transaction (audited by a trigger), and both
 /// sides end equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_killed_midway_is_finished_exactly_once() {
-    let db = databases("dlq_replay_kill").await;
+    replay_interrupted("dlq_replay_kill", Interruption::Sigkill).await;
+}
+
+/// The same with SIGTERM: the stop does not wait for the whole replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_stopped_gracefully_midway_is_finished_exactly_once() {
+    replay_interrupted("dlq_replay_term", Interruption::Sigterm).await;
+}
+
+async fn replay_interrupted(prefix: &str, interruption: Interruption) {
+    let db = databases(prefix).await;
     common::audit::install_mysql(&db.mysql).await;
     let work = tempfile::tempdir().unwrap();
     let listen = free_listen_addr();
@@ -750,10 +769,27 @@ async fn a_replay_killed_midway_is_finished_exactly_once() {
         rand::thread_rng().gen_range(100..800)
     };
     tokio::time::sleep(Duration::from_millis(moment)).await;
-    kill(&mut agent).await;
+    match interruption {
+        Interruption::Sigkill => {
+            kill(&mut agent).await;
+        }
+        Interruption::Sigterm => {
+            let pid = agent.id().unwrap().to_string();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+            let exited = tokio::time::timeout(Duration::from_secs(20), agent.wait())
+                .await
+                .expect("a graceful stop does not wait for the whole replay")
+                .unwrap();
+            assert!(exited.success(), "a graceful stop exits 0: {exited:?}");
+        }
+    }
     let first = replaying.await.unwrap().unwrap();
     eprintln!(
-        "replay interrupted after {moment} ms: {}{}",
+        "replay interrupted ({interruption:?}) after {moment} ms: {}{}",
         String::from_utf8_lossy(&first.stdout),
         String::from_utf8_lossy(&first.stderr)
     );

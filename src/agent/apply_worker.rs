@@ -111,7 +111,7 @@ impl ApplyWorker {
                     return;
                 }
                 Ok(ApplyStop::Command(command)) => {
-                    self.handle(command, &mut queue).await;
+                    self.handle(command, &mut queue, &shutdown).await;
                     continue;
                 }
                 Err(err) => err,
@@ -195,7 +195,7 @@ impl ApplyWorker {
                 Some(command) = self.commands.recv() => command,
             };
             match command {
-                DeadLetterCommand::Discard { .. } => self.handle(command, queue).await,
+                DeadLetterCommand::Discard { .. } => self.handle(command, queue, shutdown).await,
                 DeadLetterCommand::Replay { reply, .. } => {
                     let refusal = match why {
                         Idle::Retrying(err) => format!(
@@ -213,11 +213,16 @@ impl ApplyWorker {
         }
     }
 
-    async fn handle(&mut self, command: DeadLetterCommand, queue: &mut DeadLetterQueue) {
+    async fn handle(
+        &mut self,
+        command: DeadLetterCommand,
+        queue: &mut DeadLetterQueue,
+        shutdown: &watch::Receiver<bool>,
+    ) {
         match command {
             DeadLetterCommand::Replay { through, reply } => {
                 info!(through = ?through, "replaying dead letters");
-                let result = self.replay(queue, through).await;
+                let result = self.replay(queue, through, shutdown).await;
                 if let Err(err) = queue.reload() {
                     warn!(error = %err, "failed to reread the dead-letter queue");
                 }
@@ -250,6 +255,7 @@ impl ApplyWorker {
         &self,
         queue: &DeadLetterQueue,
         through: Option<u64>,
+        shutdown: &watch::Receiver<bool>,
     ) -> Result<ReplayReport, ConnectorError> {
         let mut replay_pipeline = self.pipeline.clone();
         replay_pipeline.name = dead_letter::replay_checkpoint_name(&self.pipeline.name);
@@ -261,6 +267,7 @@ impl ApplyWorker {
             queue.stored(),
             through,
             self.pipeline.max_batch_events as u64,
+            shutdown,
         )
         .await
     }

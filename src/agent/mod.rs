@@ -70,7 +70,7 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
         .is_err()
     {
         anyhow::bail!(
-            "the agent did not stop within {} s: a worker is stuck, most likely in a change-log flush on a full or failing disk; exiting without it (nothing that was not flushed was acknowledged, so a restart on a healthy disk loses nothing)",
+            "the agent did not stop within {} s: a worker did not finish, most likely stuck in a change-log flush on a full or failing disk; exiting without it (nothing that was not flushed was acknowledged, so a restart loses nothing)",
             STOP_TIMEOUT.as_secs()
         );
     }

@@ -8,8 +8,9 @@
 //! entry at or below that row was applied by a replay that a crash
 //! interrupted before it removed the entry: it is removed, not applied again.
 
-use callosum_api::{ChangeEvent, ConnectorError, Position, Sink};
+use callosum_api::{ChangeEvent, ConnectorError, ErrorKind, Position, Sink};
 use std::cmp::Ordering;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{ReplayFailure, ReplayReport};
@@ -25,13 +26,16 @@ pub fn replay_checkpoint_name(pipeline: &str) -> String {
 /// through `sink` — a sink whose checkpoint row is
 /// [`replay_checkpoint_name`] — in chunks of at most `max_chunk_events`.
 /// Stops at the first entry that fails and reports it; the entries before it
-/// are applied and removed. `Err` only when replay could not start (the
-/// target's replay checkpoint could not be read) or the queue failed.
+/// are applied and removed. A shutdown request stops it between two chunks
+/// (the entry in progress is rolled back and stays queued). `Err` only when
+/// replay could not start (the target's replay checkpoint could not be
+/// read) or the queue failed.
 pub async fn replay<K: Sink>(
     sink: &mut K,
     queue: &DeadLetters,
     through: Option<u64>,
     max_chunk_events: u64,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<ReplayReport, ConnectorError> {
     let mut report = ReplayReport::default();
     let replayed_through = sink.checkpoint().await?;
@@ -50,7 +54,7 @@ pub async fn replay<K: Sink>(
             report.already_applied.push(entry.id);
             continue;
         }
-        if let Err(err) = apply_entry(sink, queue, entry, max_chunk_events).await {
+        if let Err(err) = apply_entry(sink, queue, entry, max_chunk_events, shutdown).await {
             // best effort: the connection may be gone, and then so is the transaction
             let _ = sink.rollback().await;
             warn!(dead_letter = entry.id, error = %err, "replay of a dead letter failed");
@@ -87,11 +91,19 @@ async fn apply_entry<K: Sink>(
     queue: &DeadLetters,
     entry: &DeadLetter,
     max_chunk_events: u64,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<(), ConnectorError> {
     sink.begin(&entry.position).await?;
     let mut events: Vec<ChangeEvent> = Vec::new();
     let mut applied = 0u64;
     while applied < entry.events {
+        if crate::shutdown::is_requested(shutdown) {
+            return Err(ConnectorError::new(
+                ErrorKind::Connection,
+                "the agent is stopping: replay was interrupted and rolled back",
+            )
+            .with_hint("replay again once the agent runs"));
+        }
         events.clear();
         queue.read_events(entry, applied, max_chunk_events.max(1), &mut events)?;
         sink.apply(&events).await?;
