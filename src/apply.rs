@@ -265,15 +265,10 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
                 .map_err(|err| data_failure(on_error, err))
         }
         .await;
-        match self
+        let outcome = self
             .settle(transactions, events.len() as u64, started, result)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(Failure::Rejected(err)) => self.take_apart(transactions, &events, err).await,
-            Err(Failure::Failed(err)) => Err(err),
-            Err(Failure::QueuedBehind(_)) => Err(out_of_step()),
-        }
+            .await;
+        self.resolve(transactions, &events, outcome).await
     }
 
     /// Applies transactions none of which the queue held back when the run
@@ -287,10 +282,23 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         if transactions.is_empty() {
             return Ok(());
         }
-        match self.commit(transactions, events).await {
+        let outcome = self.commit(transactions, events).await;
+        self.resolve(transactions, events, outcome).await
+    }
+
+    /// After one target transaction over whole transactions: a rejection of
+    /// their data takes them apart; any other failure is returned.
+    async fn resolve(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+        outcome: Result<(), Failure>,
+    ) -> Result<(), ConnectorError> {
+        match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Rejected(err)) => self.take_apart(transactions, events, err).await,
             Err(Failure::Failed(err)) => Err(err),
+            // only chunks of a streamed transaction are checked mid-way
             Err(Failure::QueuedBehind(_)) => Err(out_of_step()),
         }
     }

@@ -110,18 +110,45 @@ async fn metrics_text(listen: SocketAddr) -> String {
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_row_is_dead_lettered_and_replayed_after_the_fix() {
-    let db = databases("dlq_replay").await;
+/// The agent binary with `dead_letter` on one PG → MariaDB pipeline, its
+/// HTTP listener on `listen`.
+struct AgentProcess {
+    work: tempfile::TempDir,
+    listen: SocketAddr,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    agent: tokio::process::Child,
+}
+
+async fn start_agent_process(db: &Databases) -> AgentProcess {
     let work = tempfile::tempdir().unwrap();
     let listen = free_listen_addr();
     let config = write_config(
         work.path(),
-        &dead_letter_config(&db, &work.path().join("data"), listen),
+        &dead_letter_config(db, &work.path().join("data"), listen),
     );
     let log = work.path().join("agent.log");
-    let mut agent = spawn_agent(&config, &log, &[]);
-    common::wait_for_slot(&db).await;
+    let agent = spawn_agent(&config, &log, &[]);
+    common::wait_for_slot(db).await;
+    AgentProcess {
+        work,
+        listen,
+        config,
+        log,
+        agent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_row_is_dead_lettered_and_replayed_after_the_fix() {
+    let db = databases("dlq_replay").await;
+    let AgentProcess {
+        work: _work,
+        listen,
+        config,
+        log,
+        mut agent,
+    } = start_agent_process(&db).await;
 
     db.pg
         .batch_execute("INSERT INTO orders VALUES (1, 1, 'ok', 1.00, 'fits')")
@@ -736,15 +763,13 @@ async fn a_replay_stopped_gracefully_midway_is_finished_exactly_once() {
 async fn replay_interrupted(prefix: &str, interruption: Interruption) {
     let db = databases(prefix).await;
     common::audit::install_mysql(&db.mysql).await;
-    let work = tempfile::tempdir().unwrap();
-    let listen = free_listen_addr();
-    let config = write_config(
-        work.path(),
-        &dead_letter_config(&db, &work.path().join("data"), listen),
-    );
-    let log = work.path().join("agent.log");
-    let mut agent = spawn_agent(&config, &log, &[]);
-    common::wait_for_slot(&db).await;
+    let AgentProcess {
+        work: _work,
+        listen,
+        config,
+        log,
+        mut agent,
+    } = start_agent_process(&db).await;
     db.pg
         .batch_execute(
             "INSERT INTO orders SELECT g, g, 'bulk', 1.00, CASE WHEN g = 100000 THEN repeat('k', 300) ELSE 'n' END
