@@ -1,15 +1,9 @@
 //! `callosum check` for a MySQL/MariaDB target: what is missing and how to
 //! fix it.
 
+use crate::grants::Grants;
 use crate::sink::{open, read_table, MySqlSinkConfig};
 use callosum_api::{CheckProblem, ConnectorError, TableId, CHECKPOINT_TABLE};
-use mysql_async::prelude::Queryable;
-use mysql_async::Conn;
-use std::collections::HashSet;
-
-/// The current user's privileges as `(privilege, database, table)`;
-/// `None` database means global, `None` table database-wide.
-type Privileges = HashSet<(String, Option<String>, Option<String>)>;
 
 /// Checks a target before a pipeline runs: every target table exists, has a
 /// primary key and holds every source column (`source_columns` lists the
@@ -36,17 +30,9 @@ pub async fn check_target(
         problem,
         fix,
     };
-    let (user, privileges) = privileges(&mut conn, store).await?;
-    let has = |privilege: &str, table: &TableId| {
-        privileges.iter().any(|(p, db, t)| {
-            p == privilege
-                && match (db, t) {
-                    (None, _) => true,
-                    (Some(db), None) => unescape(db) == table.namespace,
-                    (Some(db), Some(t)) => *db == table.namespace && *t == table.name,
-                }
-        })
-    };
+    let grants = Grants::read(&mut conn, store).await?;
+    let user = &grants.user;
+    let has = |privilege: &str, table: &TableId| grants.on_table(privilege, table);
 
     let checkpoint = TableId::new(&database, CHECKPOINT_TABLE);
     let checkpoint_exists = read_table(&mut conn, store, &checkpoint).await?.is_some();
@@ -129,31 +115,4 @@ pub async fn check_target(
         tracing::debug!(store = %store, error = %err, "disconnect after check failed");
     }
     Ok(problems)
-}
-
-/// `erp\_data` as granted → `erp_data`.
-fn unescape(db: &str) -> String {
-    db.replace('\\', "")
-}
-
-async fn privileges(conn: &mut Conn, store: &str) -> Result<(String, Privileges), ConnectorError> {
-    let fail = |e| crate::error::classify(e, store, "reading the user's privileges");
-    let grantee: Option<String> = conn
-        .query_first(
-            "SELECT CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
-             SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
-        )
-        .await
-        .map_err(fail)?;
-    let grantee = grantee.unwrap_or_default();
-    let rows: Vec<(String, Option<String>, Option<String>)> = conn
-        .exec(
-            "SELECT PRIVILEGE_TYPE, NULL, NULL FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ? \
-             UNION ALL SELECT PRIVILEGE_TYPE, TABLE_SCHEMA, NULL FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ? \
-             UNION ALL SELECT PRIVILEGE_TYPE, TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLE_PRIVILEGES WHERE GRANTEE = ?",
-            (&grantee, &grantee, &grantee),
-        )
-        .await
-        .map_err(fail)?;
-    Ok((grantee, rows.into_iter().collect()))
 }

@@ -12,6 +12,7 @@ mod binlog_stream;
 mod check;
 pub mod convert;
 pub mod error;
+mod grants;
 pub mod row_value;
 mod sink;
 mod source;

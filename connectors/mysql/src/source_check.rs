@@ -1,17 +1,14 @@
 //! `callosum check` for a captured MariaDB/MySQL store: what the binlog
 //! source needs and how to fix what is missing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use callosum_api::{CheckProblem, ConnectorError, TableId};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use crate::grants::Grants;
 use crate::source::{open_sql, source_error, MySqlSourceConfig};
-
-/// The current user's privileges as `(privilege, database, table)`;
-/// `None` database means global, `None` table database-wide.
-type Privileges = HashSet<(String, Option<String>, Option<String>)>;
 
 /// Checks a captured store: binary logging on, `binlog_format=ROW`,
 /// `binlog_row_image=FULL`, `binlog_row_metadata=FULL`, (MariaDB)
@@ -79,12 +76,9 @@ pub async fn check_source(config: &MySqlSourceConfig) -> Result<Vec<CheckProblem
         );
     }
 
-    let (user, privileges) = privileges(&mut conn, store).await?;
-    let global = |p: &str| {
-        privileges
-            .iter()
-            .any(|(q, db, _)| db.is_none() && (q == p || q == "ALL PRIVILEGES"))
-    };
+    let grants = Grants::read(&mut conn, store).await?;
+    let user = &grants.user;
+    let global = |p: &str| grants.global(p) || grants.global("ALL PRIVILEGES");
     if !global("REPLICATION SLAVE") {
         problem(
             format!("user {user} lacks REPLICATION SLAVE, which reading the binlog needs"),
@@ -117,14 +111,8 @@ pub async fn check_source(config: &MySqlSourceConfig) -> Result<Vec<CheckProblem
             ),
             Some(_) => {}
         }
-        let may_select = privileges.iter().any(|(p, db, t)| {
-            (p == "SELECT" || p == "ALL PRIVILEGES")
-                && match (db, t) {
-                    (None, _) => true,
-                    (Some(db), None) => db.replace('\\', "") == table.namespace,
-                    (Some(db), Some(t)) => *db == table.namespace && *t == table.name,
-                }
-        });
+        let may_select =
+            grants.on_table("SELECT", table) || grants.on_table("ALL PRIVILEGES", table);
         if !may_select {
             problem(
                 format!("user {user} lacks SELECT on captured table `{table}`"),
@@ -185,26 +173,4 @@ async fn table_key(
         .await
         .map_err(fail)?;
     Ok(Some(key))
-}
-
-async fn privileges(conn: &mut Conn, store: &str) -> Result<(String, Privileges), ConnectorError> {
-    let fail = |e| source_error(e, store, "reading the user's privileges");
-    let grantee: Option<String> = conn
-        .query_first(
-            "SELECT CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
-             SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
-        )
-        .await
-        .map_err(fail)?;
-    let grantee = grantee.unwrap_or_default();
-    let rows: Vec<(String, Option<String>, Option<String>)> = conn
-        .exec(
-            "SELECT PRIVILEGE_TYPE, NULL, NULL FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = ? \
-             UNION ALL SELECT PRIVILEGE_TYPE, TABLE_SCHEMA, NULL FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = ? \
-             UNION ALL SELECT PRIVILEGE_TYPE, TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLE_PRIVILEGES WHERE GRANTEE = ?",
-            (&grantee, &grantee, &grantee),
-        )
-        .await
-        .map_err(fail)?;
-    Ok((grantee, rows.into_iter().collect()))
 }
