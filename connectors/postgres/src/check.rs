@@ -27,6 +27,19 @@ pub async fn check(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Connect
     check_inner(config).instrument(span).await
 }
 
+/// A connection that failed for a reason the operator fixes in the config
+/// or the server's grants (authentication, url), as a problem and its fix;
+/// any other failure stays an error: the check cannot run.
+pub(crate) fn connect_problem(err: ConnectorError) -> Result<(String, String), ConnectorError> {
+    if !matches!(err.kind, ErrorKind::Permission | ErrorKind::Config) {
+        return Err(err);
+    }
+    let fix = err
+        .hint
+        .unwrap_or_else(|| "check the url, user and password".into());
+    Ok((format!("cannot connect: {}", err.message), fix))
+}
+
 async fn check_inner(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, ConnectorError> {
     let store = config.store.as_str();
     let mut problems = Vec::new();
@@ -40,15 +53,11 @@ async fn check_inner(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Conne
     let pg_config = config.pg_config()?;
     let (sql, task) = match sql_connect(store, &pg_config).await {
         Ok(c) => c,
-        Err(err) if matches!(err.kind, ErrorKind::Permission | ErrorKind::Config) => {
-            let fix = err
-                .hint
-                .clone()
-                .unwrap_or_else(|| "check the url, user and password".into());
-            problem(format!("cannot connect: {}", err.message), fix);
+        Err(err) => {
+            let (what, fix) = connect_problem(err)?;
+            problem(what, fix);
             return Ok(problems);
         }
-        Err(err) => return Err(err),
     };
     struct Abort(tokio::task::JoinHandle<()>);
     impl Drop for Abort {

@@ -1,7 +1,7 @@
 //! `callosum check` for a PostgreSQL target: what [`crate::PgSink`] needs
 //! that is missing, each with its fix.
 
-use callosum_api::{CheckProblem, ConnectorError, ErrorKind, TableId};
+use callosum_api::{CheckProblem, ConnectorError, TableId};
 
 use crate::replication::quote_ident;
 use crate::sink::{checkpoint_ddl, checkpoint_table, open, push_table, read_table, PgSinkConfig};
@@ -38,15 +38,11 @@ pub async fn check_target(
     };
     let (client, _task) = match open(config).await {
         Ok(c) => c,
-        Err(err) if matches!(err.kind, ErrorKind::Permission | ErrorKind::Config) => {
-            let fix = err
-                .hint
-                .clone()
-                .unwrap_or_else(|| "check the url, user and password".into());
-            problem(format!("cannot connect: {}", err.message), fix);
+        Err(err) => {
+            let (what, fix) = crate::check::connect_problem(err)?;
+            problem(what, fix);
             return Ok(problems);
         }
-        Err(err) => return Err(err),
     };
     let q = |e| crate::error::from_sql_without_values(store, "check", e);
     let user: String = client
