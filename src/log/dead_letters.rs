@@ -123,12 +123,13 @@ impl DeadLetters {
         reason: DeadLetterReason,
         observe: &mut dyn FnMut(u64, &ChangeEvent),
     ) -> Result<DeadLetter, LogError> {
-        if let Some(newest) = self.newest()? {
-            if newest.position == txn.position {
-                return Ok(newest);
-            }
-        }
-        let id = self.next_id()?;
+        let newest = self.newest()?;
+        let newest_id = match newest {
+            Some(newest) if newest.position == txn.position => return Ok(newest),
+            Some(newest) => Some(newest.id),
+            None => None,
+        };
+        let id = self.next_id(newest_id)?;
         // leftovers of a copy a crash interrupted
         self.remove_events(id)?;
         let mut tables = Vec::new();
@@ -173,13 +174,13 @@ impl DeadLetters {
         Ok(entry)
     }
 
-    fn next_id(&self) -> Result<u64, LogError> {
+    /// The id after the stored counter and after the newest entry's id.
+    fn next_id(&self, newest_id: Option<u64>) -> Result<u64, LogError> {
         let stored = match self.ids.get(self.pipeline.as_bytes())? {
             Some(bytes) => codec::decode::<u64>(&bytes, "dead-letter id")?,
             None => 1,
         };
-        let after_newest = self.newest()?.map_or(1, |e| e.id + 1);
-        Ok(stored.max(after_newest))
+        Ok(stored.max(newest_id.map_or(1, |id| id + 1)))
     }
 
     fn newest(&self) -> Result<Option<DeadLetter>, LogError> {
