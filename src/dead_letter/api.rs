@@ -239,6 +239,7 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::TimestampTz(ts) => J::String(ts.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         Value::Uuid(u) => J::String(u.clone()),
         Value::Json(text) => serde_json::from_str(text).unwrap_or_else(|_| J::String(text.clone())),
+        Value::Interval(interval) => J::String(interval.to_string()),
     }
 }
 

@@ -190,6 +190,7 @@ fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
         Value::Time(t) => t.hash(state),
         Value::Timestamp(t) => t.hash(state),
         Value::TimestampTz(t) => t.hash(state),
+        Value::Interval(i) => i.hash(state),
     }
 }
 

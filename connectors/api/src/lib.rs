@@ -16,7 +16,7 @@ mod value;
 
 pub use error::{ConnectorError, ErrorClass, ErrorKind};
 pub use position::{Lsn, Position};
-pub use value::{Value, ValueKind};
+pub use value::{Interval, Value, ValueKind};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

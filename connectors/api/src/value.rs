@@ -30,6 +30,74 @@ pub enum Value {
     Uuid(String),
     /// JSON document text.
     Json(String),
+    /// A duration: PostgreSQL `interval`, and MySQL `TIME` values that are
+    /// not a time of day (negative, or 24 h and over).
+    Interval(Interval),
+}
+
+/// A duration with PostgreSQL's three fields, so that `1 mon` and `30 days`
+/// stay distinct. MySQL `TIME` durations use `micros` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Interval {
+    pub months: i32,
+    pub days: i32,
+    pub micros: i64,
+}
+
+impl Interval {
+    /// A duration of `micros` microseconds (MySQL `TIME`).
+    pub fn from_micros(micros: i64) -> Self {
+        Interval {
+            months: 0,
+            days: 0,
+            micros,
+        }
+    }
+}
+
+impl std::fmt::Display for Interval {
+    /// ISO 8601 with PostgreSQL's sign rules per field (PostgreSQL's
+    /// `IntervalStyle = iso_8601`), e.g. `P1Y2M3DT-4H5M6.000007S`; `PT0S`
+    /// for zero.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.months == 0 && self.days == 0 && self.micros == 0 {
+            return f.write_str("PT0S");
+        }
+        f.write_str("P")?;
+        let (years, months) = (self.months / 12, self.months % 12);
+        if years != 0 {
+            write!(f, "{years}Y")?;
+        }
+        if months != 0 {
+            write!(f, "{months}M")?;
+        }
+        if self.days != 0 {
+            write!(f, "{}D", self.days)?;
+        }
+        if self.micros != 0 {
+            f.write_str("T")?;
+            let sign = if self.micros < 0 { "-" } else { "" };
+            let abs = self.micros.unsigned_abs();
+            let (hours, rest) = (abs / 3_600_000_000, abs % 3_600_000_000);
+            let (minutes, rest) = (rest / 60_000_000, rest % 60_000_000);
+            let (seconds, fraction) = (rest / 1_000_000, rest % 1_000_000);
+            if hours != 0 {
+                write!(f, "{sign}{hours}H")?;
+            }
+            if minutes != 0 {
+                write!(f, "{sign}{minutes}M")?;
+            }
+            if seconds != 0 || fraction != 0 {
+                write!(f, "{sign}{seconds}")?;
+                if fraction != 0 {
+                    let digits = format!("{fraction:06}");
+                    write!(f, ".{}", digits.trim_end_matches('0'))?;
+                }
+                f.write_str("S")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The kind of a [`Value`], for error messages and metrics (never the value
@@ -51,6 +119,7 @@ pub enum ValueKind {
     TimestampTz,
     Uuid,
     Json,
+    Interval,
 }
 
 impl Value {
@@ -71,10 +140,36 @@ impl Value {
             Value::TimestampTz(_) => ValueKind::TimestampTz,
             Value::Uuid(_) => ValueKind::Uuid,
             Value::Json(_) => ValueKind::Json,
+            Value::Interval(_) => ValueKind::Interval,
         }
     }
 
     pub fn is_unchanged(&self) -> bool {
         matches!(self, Value::Unchanged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Interval;
+
+    #[test]
+    fn intervals_print_as_iso_8601_with_signs_per_field() {
+        let i = |months, days, micros| {
+            Interval {
+                months,
+                days,
+                micros,
+            }
+            .to_string()
+        };
+        assert_eq!(i(0, 0, 0), "PT0S");
+        assert_eq!(i(14, 3, 0), "P1Y2M3D");
+        assert_eq!(
+            i(0, 0, -(4 * 3_600_000_000 + 5 * 60_000_000 + 6_000_007)),
+            "PT-4H-5M-6.000007S"
+        );
+        assert_eq!(i(0, -1, 1_500_000), "P-1DT1.5S");
+        assert_eq!(i(0, 0, 838 * 3_600_000_000), "PT838H");
     }
 }

@@ -636,6 +636,7 @@ pub fn render_text(v: &Value) -> Result<std::borrow::Cow<'_, str>, Reason> {
         Value::Time(t) => Cow::Owned(render_time(t)),
         Value::Timestamp(ts) => Cow::Owned(render_timestamp(ts)),
         Value::TimestampTz(ts) => Cow::Owned(render_timestamptz(ts)),
+        Value::Interval(i) => Cow::Owned(i.to_string()),
     })
 }
 
