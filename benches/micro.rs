@@ -380,6 +380,7 @@ fn bench_change_log(c: &mut Criterion) {
                             position: Position::Pg(Lsn(lsn)),
                             resume_position: Position::Pg(Lsn(lsn + 1)),
                             commit_time_micros: 0,
+                            origin: None,
                         })
                         .unwrap();
                 }
@@ -404,6 +405,7 @@ fn bench_change_log(c: &mut Criterion) {
                 position: Position::Pg(Lsn(lsn)),
                 resume_position: Position::Pg(Lsn(lsn + 1)),
                 commit_time_micros: 0,
+                origin: None,
             })
             .unwrap();
     }

@@ -654,6 +654,7 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
                 position: Position::Pg(Lsn(id as u64 * 100)),
                 resume_position: Position::Pg(Lsn(id as u64 * 100 + 1)),
                 commit_time_micros: 0,
+                origin: None,
             })
             .unwrap();
     }

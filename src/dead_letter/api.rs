@@ -240,6 +240,12 @@ pub fn value_json(value: &Value) -> serde_json::Value {
         Value::Uuid(u) => J::String(u.clone()),
         Value::Json(text) => serde_json::from_str(text).unwrap_or_else(|_| J::String(text.clone())),
         Value::Interval(interval) => J::String(interval.to_string()),
+        Value::Infinity { negative: false } => J::String("infinity".to_owned()),
+        Value::Infinity { negative: true } => J::String("-infinity".to_owned()),
+        Value::ZonedTimestamp(ts) => J::String(ts.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        Value::Undecodable { type_name, reason } => {
+            J::String(format!("<undecodable {type_name}: {reason}>"))
+        }
     }
 }
 
@@ -1089,6 +1095,7 @@ mod tests {
                     position: Position::Pg(Lsn(lsn)),
                     resume_position: Position::Pg(Lsn(lsn + 1)),
                     commit_time_micros: COMMITTED,
+                    origin: None,
                 })
                 .unwrap();
         }

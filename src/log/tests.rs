@@ -28,6 +28,7 @@ fn meta(lsn: u64) -> TransactionMeta {
         position: Position::Pg(Lsn(lsn)),
         resume_position: Position::Pg(Lsn(lsn + 1)),
         commit_time_micros: lsn as i64,
+        origin: None,
     }
 }
 

@@ -191,6 +191,12 @@ fn hash_value<H: Hasher>(v: &Value, state: &mut H) {
         Value::Timestamp(t) => t.hash(state),
         Value::TimestampTz(t) => t.hash(state),
         Value::Interval(i) => i.hash(state),
+        Value::Infinity { negative } => negative.hash(state),
+        Value::ZonedTimestamp(t) => t.hash(state),
+        Value::Undecodable { type_name, reason } => {
+            type_name.hash(state);
+            reason.hash(state);
+        }
     }
 }
 

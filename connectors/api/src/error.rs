@@ -32,6 +32,9 @@ pub enum ErrorKind {
     Protocol,
     /// Invalid configuration.
     Config,
+    /// A bug in Callosum itself (a worker panicked). Halts the pipeline and
+    /// says so; never retried, never blamed on the data.
+    Internal,
 }
 
 /// Whether an error may go away by itself.
@@ -57,7 +60,8 @@ impl ErrorKind {
             | ErrorKind::ServerConfig
             | ErrorKind::PositionLost
             | ErrorKind::Protocol
-            | ErrorKind::Config => ErrorClass::Permanent,
+            | ErrorKind::Config
+            | ErrorKind::Internal => ErrorClass::Permanent,
         }
     }
 
@@ -87,6 +91,7 @@ impl ErrorKind {
             ErrorKind::PositionLost => "position_lost",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Config => "config",
+            ErrorKind::Internal => "internal",
         }
     }
 }

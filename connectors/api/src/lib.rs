@@ -136,6 +136,11 @@ pub struct TransactionMeta {
     pub resume_position: Position,
     /// Commit time at the source, microseconds since the Unix epoch.
     pub commit_time_micros: i64,
+    /// The store this transaction first came from when Callosum itself wrote
+    /// it into this source (read from the checkpoint row it carries), `None`
+    /// for the application's own writes. A sink skips transactions that
+    /// originated in its own target store (no echo, design.md §3).
+    pub origin: Option<String>,
 }
 
 /// What a [`Source`] yields, in source commit order.

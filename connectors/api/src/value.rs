@@ -1,6 +1,6 @@
 //! Column values as they travel from a source to a sink.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// One column value, typed by what the source knows. The sink converts it to
@@ -33,6 +33,24 @@ pub enum Value {
     /// A duration: PostgreSQL `interval`, and MySQL `TIME` values that are
     /// not a time of day (negative, or 24 h and over).
     Interval(Interval),
+    /// PostgreSQL's `infinity` (or `-infinity` when `negative`) of a date or
+    /// timestamp column: later (earlier) than every other value.
+    Infinity {
+        negative: bool,
+    },
+    /// A local date-time of a MariaDB/MySQL `DATETIME` column in a store with
+    /// a configured `time_zone`, with the offset that zone had at that moment.
+    /// Sinks write the local time into a column without zone and the instant
+    /// into a zoned one.
+    ZonedTimestamp(DateTime<FixedOffset>),
+    /// A value the source sent but Callosum cannot decode. Capture carries it
+    /// instead of halting the store; the sink refuses it as a conversion error
+    /// for the pipeline concerned (dead letter or halt, per `on_error`).
+    /// `reason` never holds the value itself.
+    Undecodable {
+        type_name: String,
+        reason: String,
+    },
 }
 
 /// A duration with PostgreSQL's three fields, so that `1 mon` and `30 days`
@@ -120,6 +138,9 @@ pub enum ValueKind {
     Uuid,
     Json,
     Interval,
+    Infinity,
+    ZonedTimestamp,
+    Undecodable,
 }
 
 impl Value {
@@ -141,6 +162,9 @@ impl Value {
             Value::Uuid(_) => ValueKind::Uuid,
             Value::Json(_) => ValueKind::Json,
             Value::Interval(_) => ValueKind::Interval,
+            Value::Infinity { .. } => ValueKind::Infinity,
+            Value::ZonedTimestamp(_) => ValueKind::ZonedTimestamp,
+            Value::Undecodable { .. } => ValueKind::Undecodable,
         }
     }
 

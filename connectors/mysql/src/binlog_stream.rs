@@ -376,6 +376,7 @@ impl StreamState {
                 position: position.clone(),
                 resume_position: position,
                 commit_time_micros: i64::from(header.timestamp) * 1_000_000,
+                origin: None,
             }));
         }
         Ok(())
@@ -821,6 +822,7 @@ mod tests {
                 position: gtid_pos(5),
                 resume_position: gtid_pos(5),
                 commit_time_micros: 7_000_000,
+                origin: None,
             })
         );
     }

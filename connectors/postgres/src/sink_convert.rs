@@ -637,6 +637,13 @@ pub fn render_text(v: &Value) -> Result<std::borrow::Cow<'_, str>, Reason> {
         Value::Timestamp(ts) => Cow::Owned(render_timestamp(ts)),
         Value::TimestampTz(ts) => Cow::Owned(render_timestamptz(ts)),
         Value::Interval(i) => Cow::Owned(i.to_string()),
+        Value::Infinity { negative } => {
+            Cow::Borrowed(if *negative { "-infinity" } else { "infinity" })
+        }
+        Value::ZonedTimestamp(ts) => {
+            Cow::Owned(ts.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        }
+        Value::Undecodable { .. } => return Err(NOT_CONVERTIBLE),
     })
 }
 

@@ -203,6 +203,7 @@ impl StreamState {
                         position: Position::Pg(Lsn(c.commit_lsn)),
                         resume_position,
                         commit_time_micros: c.commit_time.saturating_add(PG_EPOCH_OFFSET_MICROS),
+                        origin: None,
                     }));
                 }
             }
@@ -494,6 +495,7 @@ mod tests {
                 position: Position::Pg(Lsn(100)),
                 resume_position: Position::Pg(Lsn(120)),
                 commit_time_micros: 1 + PG_EPOCH_OFFSET_MICROS,
+                origin: None,
             })
         );
     }
