@@ -27,10 +27,22 @@
 //!   source moved from a deleted row to another row apply cleanly;
 //! - [`Value::Unchanged`] never appears in a present column of a step.
 //!
-//! Known limit: the net effect of a swap of unique secondary-key values
-//! between two rows cannot be applied by multi-row upserts in any order; the
-//! target then reports a constraint error (or, for MySQL's
-//! `ON DUPLICATE KEY UPDATE`, matches the other row).
+//! Unique secondary keys ([`plan_with`]): when the target table has unique
+//! keys besides its primary key, a row whose unique values changed in the
+//! batch must not be moved past rows changed after it (a value it gave up
+//! may have been taken by one of them; a value it takes may be given up by
+//! one of them). So when a key changes again after other rows of its table
+//! changed, and its unique values (or its existence) differ from what is
+//! pending for it, the table's pending ops are emitted first as a sub-plan
+//! and the change starts the next one. A change that keeps the unique
+//! values stays at the key's earlier place. Within a sub-plan every row's
+//! unique values take their final value at its place in source order, so
+//! applying the steps row by row never holds a value twice when the source,
+//! applying the changes one by one, did not. Swaps, moves and cycles of
+//! unique values across transactions thus apply; a swap the source made in
+//! one statement or with a deferred constraint (a temporary duplicate) is
+//! refused by the target as a constraint error, never applied to the wrong
+//! row.
 //!
 //! Tables are independent of each other: steps of different tables may be
 //! interleaved in any order (sinks disable foreign-key checks for the batch).
@@ -105,9 +117,21 @@ pub fn same_schema(a: &Arc<TableSchema>, b: &Arc<TableSchema>) -> bool {
 /// Plans `events` (whole source transactions in commit order). See the
 /// module docs for the guarantees.
 pub fn plan(events: &[ChangeEvent]) -> Vec<Step<'_>> {
+    plan_with(events, |_: &TableSchema| Vec::new())
+}
+
+/// Plans `events` for a target whose tables have unique keys besides their
+/// primary keys: `unique_keys(schema)` gives the columns (positions in
+/// `schema`) of each such key of the table `schema` maps to. Called once
+/// per table and schema in the batch. Tables without unique keys are
+/// planned exactly as by [`plan`]. See the module docs.
+pub fn plan_with<F>(events: &[ChangeEvent], mut unique_keys: F) -> Vec<Step<'_>>
+where
+    F: FnMut(&TableSchema) -> Vec<Vec<usize>>,
+{
     let mut planner = Planner::default();
     for event in events {
-        planner.add(event);
+        planner.add(event, &mut unique_keys);
     }
     planner.finish()
 }
@@ -220,6 +244,11 @@ struct TableState<'a> {
     /// Pending ops in the order of each key's last change; superseded
     /// entries are `None`.
     ops: Vec<Option<Pending<'a>>>,
+    /// The schema `unique` was computed for.
+    unique_schema: Option<&'a Arc<TableSchema>>,
+    /// Column sets of the target's unique secondary keys, positions in
+    /// `unique_schema`; empty: the table has none (set-based fast path).
+    unique: Vec<Vec<usize>>,
 }
 
 #[derive(Debug, Default)]
@@ -259,8 +288,69 @@ impl<'a> TableState<'a> {
         self.index.get(key).and_then(|&i| self.ops[i].as_ref())
     }
 
+    /// Before a change of `key` that sets `row` (`None`: deletes it): with
+    /// unique secondary keys, emits the pending ops as a sub-plan when the
+    /// key changed earlier, other rows changed since, and the change does
+    /// not keep the key's pending unique values. Returns whether the
+    /// change may replace the pending op in place instead (same unique
+    /// values, other rows changed since).
+    fn split_before(
+        &mut self,
+        key: &KeyRef<'a>,
+        row: Option<&[Value]>,
+        steps: &mut Vec<Step<'a>>,
+    ) -> bool {
+        if self.unique.is_empty() {
+            return false;
+        }
+        let Some(&at) = self.index.get(key) else {
+            return false;
+        };
+        if self.ops[at + 1..].iter().all(Option::is_none) {
+            return false;
+        }
+        let keeps = match (&self.ops[at], row) {
+            // deletes are emitted first: deleting earlier only frees values
+            (_, None) => return false,
+            (
+                Some(Pending {
+                    schema,
+                    op: PendingOp::Upsert(pending),
+                }),
+                Some(row),
+            ) if self.unique_schema.is_some_and(|u| same_schema(u, schema)) => {
+                self.unique.iter().flatten().all(|&c| {
+                    row[c].is_unchanged() || (!pending[c].is_unchanged() && pending[c] == row[c])
+                })
+            }
+            _ => false,
+        };
+        if !keeps {
+            self.flush(steps);
+        }
+        keeps
+    }
+
+    /// Replaces the pending op of `key` where it stands.
+    fn replace(&mut self, key: &KeyRef<'a>, pending: Pending<'a>) {
+        let at = self.index[key];
+        self.ops[at] = Some(pending);
+    }
+
+    /// Plans a delete of `key`. With unique keys it takes the place of the
+    /// key's pending op: should the key come back later in the batch, its
+    /// row still holds its values until then, and [`Self::split_before`]
+    /// must see that other rows changed since.
+    fn set_delete(&mut self, key: KeyRef<'a>, pending: Pending<'a>) {
+        if !self.unique.is_empty() && self.index.contains_key(&key) {
+            self.replace(&key, pending);
+        } else {
+            self.set(key, pending);
+        }
+    }
+
     /// Emits the pending ops: deletes first, then upserts grouped by
-    /// present-column set.
+    /// present-column set (with unique keys: only consecutive rows).
     fn flush(&mut self, steps: &mut Vec<Step<'a>>) {
         self.index.clear();
         let first_upsert_group = steps.len();
@@ -283,23 +373,28 @@ impl<'a> TableState<'a> {
                     }
                 }
                 PendingOp::Upsert(row) => {
-                    let group = steps[first_upsert_group..]
-                        .iter_mut()
-                        .find_map(|s| match s {
-                            Step::Upsert {
-                                schema,
-                                present,
-                                rows,
-                            } if same_schema(schema, pending.schema)
-                                && present
-                                    .iter()
-                                    .zip(row.iter())
-                                    .all(|(p, v)| *p != v.is_unchanged()) =>
-                            {
-                                Some(rows)
-                            }
-                            _ => None,
-                        });
+                    // with unique keys, rows keep their order: a row joins
+                    // only the group right before it
+                    let from = if self.unique.is_empty() {
+                        first_upsert_group
+                    } else {
+                        steps.len().saturating_sub(1).max(first_upsert_group)
+                    };
+                    let group = steps[from..].iter_mut().find_map(|s| match s {
+                        Step::Upsert {
+                            schema,
+                            present,
+                            rows,
+                        } if same_schema(schema, pending.schema)
+                            && present
+                                .iter()
+                                .zip(row.iter())
+                                .all(|(p, v)| *p != v.is_unchanged()) =>
+                        {
+                            Some(rows)
+                        }
+                        _ => None,
+                    });
                     match group {
                         Some(rows) => rows.push(row),
                         None => steps.push(Step::Upsert {
@@ -324,22 +419,35 @@ impl<'a> Planner<'a> {
                     table,
                     index: HashMap::new(),
                     ops: Vec::new(),
+                    unique_schema: None,
+                    unique: Vec::new(),
                 });
                 self.tables.len() - 1
             }
         }
     }
 
-    fn add(&mut self, event: &'a ChangeEvent) {
+    fn add<F>(&mut self, event: &'a ChangeEvent, unique_keys: &mut F)
+    where
+        F: FnMut(&TableSchema) -> Vec<Vec<usize>>,
+    {
         let schema = &event.schema;
         let t = self.table(&schema.table);
+        let state = &mut self.tables[t];
+        if !state.unique_schema.is_some_and(|u| same_schema(u, schema)) {
+            state.unique = unique_keys(schema);
+            state.unique.retain(|k| !k.is_empty());
+            state.unique_schema = Some(schema);
+        }
         let key_of = |row: &'a [Value]| KeyRef {
             schema: schema.as_ref(),
             row,
         };
         match &event.change {
             RowChange::Insert { row } | RowChange::Update { old_key: None, row } => {
-                self.upsert(t, schema, key_of(row), row);
+                let key = key_of(row);
+                let in_place = self.tables[t].split_before(&key, Some(row), &mut self.steps);
+                self.upsert(t, schema, key, row, in_place);
             }
             RowChange::Update {
                 old_key: Some(old),
@@ -347,10 +455,17 @@ impl<'a> Planner<'a> {
             } => {
                 let (old_k, new_k) = (key_of(old), key_of(row));
                 if old_k == new_k {
-                    self.upsert(t, schema, new_k, row);
-                } else if !has_unchanged(row) {
+                    let in_place = self.tables[t].split_before(&new_k, Some(row), &mut self.steps);
+                    self.upsert(t, schema, new_k, row, in_place);
+                    return;
+                }
+                let state = &mut self.tables[t];
+                if state.split_before(&new_k, Some(row), &mut self.steps) {
+                    state.flush(&mut self.steps);
+                }
+                if !has_unchanged(row) {
                     let state = &mut self.tables[t];
-                    state.set(
+                    state.set_delete(
                         old_k,
                         Pending {
                             schema,
@@ -377,7 +492,7 @@ impl<'a> Planner<'a> {
                     };
                     match merged {
                         Some(full) => {
-                            state.set(
+                            state.set_delete(
                                 old_k,
                                 Pending {
                                     schema,
@@ -404,7 +519,7 @@ impl<'a> Planner<'a> {
                 }
             }
             RowChange::Delete { key } => {
-                self.tables[t].set(
+                self.tables[t].set_delete(
                     key_of(key),
                     Pending {
                         schema,
@@ -423,22 +538,27 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Plans an upsert of `row`; `in_place`: replaces the key's pending op
+    /// where it stands instead of moving it to the end.
     fn upsert(
         &mut self,
         t: usize,
         schema: &'a Arc<TableSchema>,
         key: KeyRef<'a>,
         row: &'a [Value],
+        in_place: bool,
     ) {
         let state = &mut self.tables[t];
         if !has_unchanged(row) {
-            state.set(
-                key,
-                Pending {
-                    schema,
-                    op: PendingOp::Upsert(Cow::Borrowed(row)),
-                },
-            );
+            let pending = Pending {
+                schema,
+                op: PendingOp::Upsert(Cow::Borrowed(row)),
+            };
+            if in_place {
+                state.replace(&key, pending);
+            } else {
+                state.set(key, pending);
+            }
             return;
         }
         let merged = match state.get(&key) {
@@ -457,11 +577,16 @@ impl<'a> Planner<'a> {
             }
             _ => None,
         };
+        let in_place = in_place && merged.is_some();
         let op = match merged {
             Some(row) => PendingOp::Upsert(Cow::Owned(row)),
             None => PendingOp::Upsert(Cow::Borrowed(row)),
         };
-        self.tables[t].set(key, Pending { schema, op });
+        if in_place {
+            self.tables[t].replace(&key, Pending { schema, op });
+        } else {
+            self.tables[t].set(key, Pending { schema, op });
+        }
     }
 
     fn finish(mut self) -> Vec<Step<'a>> {
@@ -740,6 +865,75 @@ mod tests {
         assert!(matches!(&steps[0], Step::Upsert { present, .. } if !present[2]));
     }
 
+    #[test]
+    fn a_unique_value_moved_between_rows_applies_in_source_order() {
+        // row 1 held a = 7; it gives it up, row 2 takes it, row 1 changes again
+        let s = schema(UNIQUE_TABLE);
+        let events = vec![
+            ev(
+                &s,
+                RowChange::Update {
+                    old_key: None,
+                    row: row(1, Value::Int(8), Value::Int(0)),
+                },
+            ),
+            ev(
+                &s,
+                RowChange::Insert {
+                    row: row(2, Value::Int(7), Value::Int(0)),
+                },
+            ),
+            ev(
+                &s,
+                RowChange::Update {
+                    old_key: None,
+                    row: row(1, Value::Int(8), Value::Int(1)),
+                },
+            ),
+        ];
+        let mut target = Model::new();
+        target.insert(
+            (UNIQUE_TABLE.into(), 1),
+            row(1, Value::Int(7), Value::Int(0)),
+        );
+        let mut unaware = target.clone();
+        assert!(apply_steps(&mut unaware, &plan(&events)).is_err());
+        let steps = plan_with(&events, unique_keys);
+        apply_steps(&mut target, &steps).unwrap();
+        assert_eq!(target[&(UNIQUE_TABLE.into(), 1)][3], Value::Int(1));
+        assert_eq!(target[&(UNIQUE_TABLE.into(), 2)][2], Value::Int(7));
+        // a change that keeps the unique values stays in place: one statement
+        assert_eq!(steps.len(), 1);
+    }
+
+    #[test]
+    fn unique_values_swapped_through_a_spare_value_split_the_plan() {
+        let s = schema(UNIQUE_TABLE);
+        let set_a = |k: i64, a: i64| {
+            ev(
+                &s,
+                RowChange::Update {
+                    old_key: None,
+                    row: row(k, Value::Int(a), Value::Int(0)),
+                },
+            )
+        };
+        // rows 1 and 2 hold 1 and 2 and swap them through 0
+        let events = vec![set_a(1, 0), set_a(2, 1), set_a(1, 2)];
+        let mut target = Model::new();
+        for k in [1, 2] {
+            target.insert(
+                (UNIQUE_TABLE.into(), k),
+                row(k, Value::Int(k), Value::Int(0)),
+            );
+        }
+        let steps = plan_with(&events, unique_keys);
+        assert_eq!(steps.len(), 2);
+        apply_steps(&mut target, &steps).unwrap();
+        assert_eq!(target[&(UNIQUE_TABLE.into(), 1)][2], Value::Int(2));
+        assert_eq!(target[&(UNIQUE_TABLE.into(), 2)][2], Value::Int(1));
+    }
+
     // ---- property test against a model table ----
 
     type Model = BTreeMap<(String, i64), Vec<Value>>;
@@ -795,7 +989,18 @@ mod tests {
             let s = &schemas[spec.table];
             let tname = s.table.name.clone();
             let exists = state.contains_key(&(tname.clone(), spec.key));
-            let full = row(spec.key, Value::Int(spec.a), Value::Int(spec.b));
+            // t1 has a unique key on `a`: few values, so rows collide,
+            // swap, move and cycle them
+            let unique = tname == UNIQUE_TABLE;
+            let a = if unique { spec.a % 6 } else { spec.a };
+            let full = row(spec.key, Value::Int(a), Value::Int(spec.b));
+            // the source refuses a change that would hold `a` twice
+            let taken = |state: &Model, new: &[Value], except: Option<i64>| {
+                unique
+                    && state
+                        .iter()
+                        .any(|((t, k), r)| *t == tname && Some(*k) != except && r[2] == new[2])
+            };
             let with_unchanged = |mut r: Vec<Value>| {
                 if spec.unchanged & 1 != 0 {
                     r[2] = Value::Unchanged;
@@ -810,14 +1015,18 @@ mod tests {
                     state.retain(|(t, _), _| *t != tname);
                     events.push(ev(s, RowChange::Truncate));
                 }
+                _ if !exists && taken(state, &full, None) => {}
                 _ if !exists => {
                     state.insert((tname, spec.key), full.clone());
                     events.push(ev(s, RowChange::Insert { row: full }));
                 }
                 0..=7 => {
                     let sent = with_unchanged(full);
-                    let old = state.get_mut(&(tname, spec.key)).unwrap();
-                    *old = merge(old, &sent);
+                    let merged = merge(&state[&(tname.clone(), spec.key)], &sent);
+                    if taken(state, &merged, Some(spec.key)) {
+                        continue;
+                    }
+                    state.insert((tname, spec.key), merged);
                     events.push(ev(
                         s,
                         RowChange::Update {
@@ -829,8 +1038,12 @@ mod tests {
                 8..=12 if !state.contains_key(&(tname.clone(), spec.new_key)) => {
                     let mut sent = with_unchanged(full);
                     sent[0] = Value::Int(spec.new_key);
-                    let old = state.remove(&(tname.clone(), spec.key)).unwrap();
-                    state.insert((tname, spec.new_key), merge(&old, &sent));
+                    let merged = merge(&state[&(tname.clone(), spec.key)], &sent);
+                    if taken(state, &merged, Some(spec.key)) {
+                        continue;
+                    }
+                    state.remove(&(tname.clone(), spec.key));
+                    state.insert((tname, spec.new_key), merged);
                     let old_key = row(spec.key, Value::Null, Value::Null);
                     events.push(ev(
                         s,
@@ -854,10 +1067,37 @@ mod tests {
         events
     }
 
+    const UNIQUE_TABLE: &str = "t1";
+
+    fn unique_keys(schema: &TableSchema) -> Vec<Vec<usize>> {
+        if schema.table.name == UNIQUE_TABLE {
+            vec![vec![2]]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A row of the unique table that holds another row's `a`.
+    fn unique_violation(model: &Model) -> Option<String> {
+        let mut seen = std::collections::HashSet::new();
+        model
+            .iter()
+            .filter(|((t, _), _)| t == UNIQUE_TABLE)
+            .find(|(_, r)| !seen.insert(format!("{:?}", r[2])))
+            .map(|((_, k), _)| format!("row {k} takes a unique value another row holds"))
+    }
+
     /// Applies planned steps with the semantics a SQL target gives them,
-    /// failing where the target would fail or silently diverge.
+    /// row by row, failing where the target would fail or silently diverge.
     fn apply_steps(model: &mut Model, steps: &[Step<'_>]) -> Result<(), String> {
         for step in steps {
+            apply_step(model, step)?;
+        }
+        Ok(())
+    }
+
+    fn apply_step(model: &mut Model, step: &Step<'_>) -> Result<(), String> {
+        for step in std::iter::once(step) {
             let t = step.table().name.clone();
             match step {
                 Step::Truncate { .. } => model.retain(|(name, _), _| *name != t),
@@ -892,6 +1132,9 @@ mod tests {
                                 model.insert((t.clone(), key_of(r)), r.to_vec());
                             }
                         }
+                        if let Some(violation) = unique_violation(model) {
+                            return Err(violation);
+                        }
                     }
                 }
                 Step::UpdateKey { old_key, row, .. } => {
@@ -902,6 +1145,9 @@ mod tests {
                         return Err("key update onto an existing key".into());
                     }
                     model.insert((t.clone(), key_of(row)), merge(&old, row));
+                    if let Some(violation) = unique_violation(model) {
+                        return Err(violation);
+                    }
                 }
             }
         }
@@ -922,7 +1168,7 @@ mod tests {
             generate(&schemas, &mut source, &before);
             let mut target = source.clone();
             let events = generate(&schemas, &mut source, &batch);
-            let steps = plan(&events);
+            let steps = plan_with(&events, unique_keys);
             let applied = apply_steps(&mut target, &steps);
             prop_assert!(applied.is_ok(), "{:?}", applied);
             prop_assert_eq!(target, source);
