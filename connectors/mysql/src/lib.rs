@@ -13,6 +13,7 @@ mod check;
 pub mod convert;
 pub mod error;
 mod grants;
+pub mod keys;
 pub mod row_value;
 mod sink;
 mod source;

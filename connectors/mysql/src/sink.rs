@@ -4,7 +4,8 @@
 
 use crate::convert::{write_literal, write_quoted, TargetType};
 use crate::error::classify;
-use callosum_api::batch::{plan, same_schema, Step};
+use crate::keys;
+use callosum_api::batch::{plan_with, same_schema, Step};
 use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
@@ -87,6 +88,8 @@ pub(crate) struct TargetTable {
     pub columns: Vec<TargetColumn>,
     /// Indexes into `columns`, in primary-key order. Empty: no primary key.
     pub primary_key: Vec<usize>,
+    /// Unique keys besides the primary key, indexes into `columns`.
+    pub unique_keys: Vec<Vec<usize>>,
 }
 
 /// Reads the columns and primary key of `db.table`; `None` when the table
@@ -145,10 +148,13 @@ pub(crate) async fn read_table(
         .iter()
         .filter_map(|name| columns.iter().position(|c| &c.name == name))
         .collect();
+    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+    let unique_keys = crate::keys::read_unique_keys(conn, store, table, &names).await?;
     Ok(Some(TargetTable {
         id: table.clone(),
         columns,
         primary_key,
+        unique_keys,
     }))
 }
 
@@ -363,7 +369,11 @@ impl MySqlSink {
     }
 
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
-        let steps = plan(events);
+        let tables = &self.tables;
+        let steps = plan_with(events, |schema| match tables.get(&schema.table) {
+            Some(table) => keys::source_positions(table, schema),
+            None => Vec::new(),
+        });
         for step in &steps {
             self.map_for(step.schema())?;
             let source = step.table();
@@ -381,7 +391,18 @@ impl MySqlSink {
                     build_statement(&mut self.sql, step, done, map, table, &self.config.store)?;
                 let target = &table.id;
                 let what = format!("{doing} rows of `{target}`");
-                self.run(&what).await?;
+                let sql = std::mem::take(&mut self.sql);
+                let result = self.conn.query_drop(&sql).await;
+                self.sql = sql;
+                match result {
+                    Ok(()) => {}
+                    Err(mysql_async::Error::Server(e))
+                        if matches!(step, Step::Upsert { .. }) && is_key_guard(&e, table) =>
+                    {
+                        return Err(key_collision(&self.config.store, table));
+                    }
+                    Err(e) => return Err(classify(e, &self.config.store, &what)),
+                }
                 done = end;
                 if done >= step.row_count() {
                     break;
@@ -391,6 +412,60 @@ impl MySqlSink {
         debug!(store = %self.config.store, events = events.len(), statements = steps.len(), "applied batch");
         Ok(())
     }
+}
+
+/// The guard of an upsert's `ON DUPLICATE KEY UPDATE` ([`push_key_guard`])
+/// refused the row it matched.
+fn is_key_guard(err: &mysql_async::ServerError, table: &TargetTable) -> bool {
+    let guard = &table.columns[table.primary_key[0]].name;
+    err.code == 1048 && err.message.contains(&format!("'{guard}'"))
+}
+
+fn key_collision(store: &str, table: &TargetTable) -> ConnectorError {
+    let key: Vec<&str> = table
+        .primary_key
+        .iter()
+        .map(|&k| table.columns[k].name.as_str())
+        .collect();
+    let key = key.join("`, `");
+    ConnectorError::new(
+        ErrorKind::Constraint,
+        format!(
+            "upserting rows of `{}` in store `{store}` failed: a row matched another row of the              target, through primary key `{key}` under the target's collation or through a              unique key, which it would have overwritten",
+            table.id
+        ),
+    )
+    .with_hint(format!(
+        "if `{}` has key columns with a case- or accent-insensitive collation (`_ci`, `_ai`),          alter them to a `_bin` collation (`callosum check` lists them); otherwise the source          swapped unique values within one transaction, which the target cannot apply row by row",
+        table.id
+    ))
+}
+
+/// The first assignment of every upsert's `ON DUPLICATE KEY UPDATE`: the
+/// row the insert collided with must be the row with the inserted primary
+/// key, byte for byte. Otherwise (a unique key matched another row, or a
+/// `_ci` primary key matched `Bob` for `bob`) it sets the NOT NULL key to
+/// NULL, which fails with error 1048 in the strict session instead of
+/// overwriting that row. Assignments see the row's values before the
+/// update, so it must come first.
+fn push_key_guard(sql: &mut String, table: &TargetTable) {
+    let first = &table.columns[table.primary_key[0]].name;
+    push_ident(sql, first);
+    sql.push_str("=IF(");
+    for (n, &k) in table.primary_key.iter().enumerate() {
+        if n > 0 {
+            sql.push_str(" AND ");
+        }
+        let name = &table.columns[k].name;
+        sql.push_str("CAST(");
+        push_ident(sql, name);
+        sql.push_str(" AS BINARY)<=>CAST(VALUES(");
+        push_ident(sql, name);
+        sql.push_str(") AS BINARY)");
+    }
+    sql.push(',');
+    push_ident(sql, first);
+    sql.push_str(",NULL)");
 }
 
 fn conversion_error(
@@ -530,21 +605,14 @@ fn build_statement(
                 i += 1;
             }
             sql.push_str(" ON DUPLICATE KEY UPDATE ");
-            let mut first = true;
+            push_key_guard(sql, table);
             for (s, _) in present.iter().enumerate().filter(|(_, p)| **p) {
                 let t = map.target[s];
                 if table.primary_key.contains(&t) {
                     continue;
                 }
-                if !first {
-                    sql.push(',');
-                }
-                first = false;
+                sql.push(',');
                 push_values_assignment(sql, &table.columns[t].name);
-            }
-            if first {
-                // Only key columns: nothing to update, keep the row.
-                push_values_assignment(sql, &table.columns[table.primary_key[0]].name);
             }
             Ok(i)
         }
@@ -700,6 +768,7 @@ mod tests {
                 col("note", TargetType::Text { max_bytes: 65535 }, "text"),
             ],
             primary_key: vec![0],
+            unique_keys: Vec::new(),
         }
     }
 
@@ -732,7 +801,7 @@ mod tests {
         let s = events[0].schema.clone();
         let (map, table) = sink_parts(&s);
         let mut out = Vec::new();
-        for step in plan(events) {
+        for step in callosum_api::batch::plan(events) {
             let mut from = 0;
             loop {
                 let mut sql = String::new();
@@ -792,10 +861,10 @@ mod tests {
             vec![
                 "DELETE FROM `erp`.`orders` WHERE `id` IN (3,4)".to_string(),
                 "INSERT INTO `erp`.`orders` (`id`,`note`,`status`) VALUES (1,'it''s','new'),(2,'b','new') \
-                 ON DUPLICATE KEY UPDATE `note`=VALUES(`note`),`status`=VALUES(`status`)"
+                 ON DUPLICATE KEY UPDATE `id`=IF(CAST(`id` AS BINARY)<=>CAST(VALUES(`id`) AS BINARY),`id`,NULL),`note`=VALUES(`note`),`status`=VALUES(`status`)"
                     .to_string(),
                 "INSERT INTO `erp`.`orders` (`id`,`status`) VALUES (5,'x') \
-                 ON DUPLICATE KEY UPDATE `status`=VALUES(`status`)"
+                 ON DUPLICATE KEY UPDATE `id`=IF(CAST(`id` AS BINARY)<=>CAST(VALUES(`id`) AS BINARY),`id`,NULL),`status`=VALUES(`status`)"
                     .to_string(),
             ]
         );

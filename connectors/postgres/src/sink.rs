@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use callosum_api::batch::{plan, same_schema, Step};
+use callosum_api::batch::{plan_with, same_schema, Step};
 use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
@@ -129,6 +129,10 @@ pub(crate) struct TargetTable {
     /// Another table's foreign key references this one: `TRUNCATE` would
     /// fail, truncate steps use `DELETE`.
     pub referenced: bool,
+    /// Unique indexes besides the primary key, indexes into `columns`; an
+    /// index on expressions or with a predicate counts as one over every
+    /// column (any change may change it).
+    pub unique_keys: Vec<Vec<usize>>,
 }
 
 /// Reads the columns and primary key of `schema.table` (an ordinary or
@@ -203,11 +207,38 @@ pub(crate) async fn read_table(
             columns.iter().position(|c| c.name == name)
         })
         .collect();
+    let unique = client
+        .query(
+            "SELECT ARRAY(SELECT a.attname::text \
+                          FROM unnest(i.indkey::int2[]) AS k(attnum) \
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum), \
+                    i.indexprs IS NOT NULL OR i.indpred IS NOT NULL \
+             FROM pg_index i \
+             WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary",
+            &[&oid],
+        )
+        .await
+        .map_err(fail)?;
+    let unique_keys = unique
+        .iter()
+        .map(|r| {
+            let names: Vec<String> = r.get(0);
+            let whole: bool = r.get(1);
+            if whole {
+                return (0..columns.len()).collect();
+            }
+            names
+                .iter()
+                .filter_map(|name| columns.iter().position(|c| &c.name == name))
+                .collect()
+        })
+        .collect();
     Ok(Some(TargetTable {
         id: table.clone(),
         columns,
         primary_key,
         referenced,
+        unique_keys,
     }))
 }
 
@@ -622,7 +653,11 @@ impl PgSink {
     }
 
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
-        let steps = plan(events);
+        let targets = &self.targets;
+        let steps = plan_with(events, |schema| match targets.get(&schema.table) {
+            Some(target) => unique_key_positions(&target.table, schema),
+            None => Vec::new(),
+        });
         for step in &steps {
             self.map_for(step.schema())?;
         }
@@ -701,6 +736,21 @@ impl PgSink {
         }
         Ok(())
     }
+}
+
+/// The target's unique keys as positions in `schema` (by column name), for
+/// [`plan_with`]. A key column the source does not have keeps its value on
+/// every write and is left out.
+fn unique_key_positions(table: &TargetTable, schema: &TableSchema) -> Vec<Vec<usize>> {
+    table
+        .unique_keys
+        .iter()
+        .map(|key| {
+            key.iter()
+                .filter_map(|&t| schema.column_index(&table.columns[t].name))
+                .collect()
+        })
+        .collect()
 }
 
 /// What a statement builder needs to know about its table.
@@ -1202,6 +1252,7 @@ mod tests {
             ],
             primary_key: vec![0],
             referenced: false,
+            unique_keys: Vec::new(),
         };
         let col = |name: &str, t: &str, is_key| ColumnSchema {
             name: name.into(),
