@@ -38,6 +38,8 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
             .extend(pipeline.source_tables(&config.stores[&pipeline.from]));
     }
     let mut source_columns: BTreeMap<&str, Vec<(TableId, Vec<String>)>> = BTreeMap::new();
+    // columns a MySQL/MariaDB source itself compares case-insensitively
+    let mut source_insensitive: BTreeMap<&str, Vec<(TableId, Vec<String>)>> = BTreeMap::new();
     for (store, tables) in &tables_by_store {
         let store_config = &config.stores[*store];
         let tables: Vec<TableId> = tables.iter().cloned().collect();
@@ -58,10 +60,11 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
                     Ok(found) => problems.extend(found),
                     Err(err) => problems.push(unreachable_store(store, store_config, &err)),
                 }
-                if let Ok(columns) =
+                if let Ok((columns, insensitive)) =
                     mysql_columns(&source.url, source.password.as_deref(), &tables).await
                 {
                     source_columns.insert(store, columns);
+                    source_insensitive.insert(store, insensitive);
                 }
             }
             Err(err) => problems.push(CheckProblem {
@@ -81,7 +84,25 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
                     .cloned()
                     .unwrap_or_default();
                 let found = match &sink {
-                    SinkConfig::Mysql(sink) => callosum_mysql::check_target(sink, &columns).await,
+                    SinkConfig::Mysql(sink) => {
+                        let insensitive = source_insensitive
+                            .get(pipeline.from.as_str())
+                            .cloned()
+                            .unwrap_or_default();
+                        match callosum_mysql::check_target(sink, &columns).await {
+                            Ok(mut found) => {
+                                match callosum_mysql::check_key_collations(sink, &insensitive).await
+                                {
+                                    Ok(keys) => found.extend(keys),
+                                    Err(err) => {
+                                        found.push(unreachable_store(&pipeline.to, to, &err))
+                                    }
+                                }
+                                Ok(found)
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
                     SinkConfig::Postgres(sink) => {
                         callosum_postgres::check_target(sink, &columns).await
                     }
@@ -142,12 +163,15 @@ async fn postgres_columns(
     Ok(out)
 }
 
-/// The column names of captured MySQL/MariaDB tables.
+type TableColumns = Vec<(TableId, Vec<String>)>;
+
+/// The column names of captured MySQL/MariaDB tables, and those of their
+/// columns that compare case- or accent-insensitively.
 async fn mysql_columns(
     url: &str,
     password: Option<&str>,
     tables: &[TableId],
-) -> Result<Vec<(TableId, Vec<String>)>, mysql_async::Error> {
+) -> Result<(TableColumns, TableColumns), mysql_async::Error> {
     use mysql_async::prelude::Queryable;
     let mut opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?);
     if let Some(password) = password {
@@ -155,18 +179,28 @@ async fn mysql_columns(
     }
     let mut conn = mysql_async::Conn::new(opts).await?;
     let mut out = Vec::new();
+    let mut insensitive = Vec::new();
     for table in tables {
-        let columns: Vec<String> = conn
+        let columns: Vec<(String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS
+                "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS
                   WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&table.namespace, &table.name),
             )
             .await?;
         if !columns.is_empty() {
-            out.push((table.clone(), columns));
+            let merged = columns
+                .iter()
+                .filter(|(_, c)| {
+                    c.as_deref()
+                        .is_some_and(callosum_mysql::keys::collation_merges_case)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            insensitive.push((table.clone(), merged));
+            out.push((table.clone(), columns.into_iter().map(|(n, _)| n).collect()));
         }
     }
     conn.disconnect().await?;
-    Ok(out)
+    Ok((out, insensitive))
 }

@@ -488,3 +488,70 @@ async fn check_reports_missing_privileges() {
     let err = MySqlSink::connect(cfg).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Permission, "{err}");
 }
+
+/// A PostgreSQL source with a deferred unique constraint can insert a row
+/// holding another row's unique value and move the other row off it later
+/// in the same transaction. The target cannot apply that row by row: the
+/// insert's `ON DUPLICATE KEY UPDATE` matches the other row through the
+/// unique key. It must be refused by name, never overwrite the other row.
+#[tokio::test]
+async fn an_upsert_matching_another_row_by_a_unique_key_is_refused() {
+    let mut db = fresh("sink_unique_guard").await;
+    db.conn
+        .query_drop(
+            "CREATE TABLE accounts (id BIGINT PRIMARY KEY, email VARCHAR(64) NOT NULL UNIQUE, \
+             last_login INT NOT NULL)",
+        )
+        .await
+        .unwrap();
+    db.conn
+        .query_drop("INSERT INTO accounts VALUES (1, 'a', 1)")
+        .await
+        .unwrap();
+    let mut sink = MySqlSink::connect(config(&db, &["accounts"]))
+        .await
+        .unwrap();
+    let s = Arc::new(TableSchema {
+        table: TableId::new("public", "accounts"),
+        columns: [
+            ("id", "int8", true),
+            ("email", "text", false),
+            ("last_login", "int4", false),
+        ]
+        .iter()
+        .map(|(name, t, key)| ColumnSchema {
+            name: name.to_string(),
+            source_type: t.to_string(),
+            is_key: *key,
+        })
+        .collect(),
+    });
+    let row = |id: i64, email: &str, login: i64| {
+        vec![Value::Int(id), Value::Text(email.into()), Value::Int(login)]
+    };
+    sink.begin(&pos(1)).await.unwrap();
+    let err = sink
+        .apply(&[
+            insert(&s, row(3, "a", 3)),
+            ChangeEvent {
+                schema: s.clone(),
+                change: RowChange::Update {
+                    old_key: None,
+                    row: row(1, "c", 1),
+                },
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Constraint, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("accounts"), "{text}");
+    assert!(!text.contains("'a'"), "no row values: {text}");
+    sink.rollback().await.unwrap();
+    let rows: Vec<(i64, String, i64)> = db
+        .conn
+        .query("SELECT id, email, last_login FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(1, "a".to_string(), 1)]);
+}

@@ -937,3 +937,74 @@ async fn connect_fails_on_missing_table_key_or_column_and_check_lists_problems()
         "{text:#?}"
     );
 }
+
+/// Several source transactions in one batch hand a unique value from one
+/// row to another (the issue's sequence): applied in source order on every
+/// upsert path, where the net effect in order of last change would fail
+/// with 23505 on every retry.
+#[tokio::test]
+async fn unique_values_moved_between_rows_in_one_batch_apply() {
+    let ddl = "CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, \
+               last_login int NOT NULL)";
+    let s = schema(
+        "accounts",
+        &[("id", "int8"), ("email", "varchar"), ("last_login", "int4")],
+        &["id"],
+    );
+    let row = |id: i64, email: &str, login: i64| {
+        vec![Value::Int(id), Value::Text(email.into()), Value::Int(login)]
+    };
+    let update = |r: Vec<Value>| {
+        ev(
+            &s,
+            RowChange::Update {
+                old_key: None,
+                row: r,
+            },
+        )
+    };
+    for (n, strategy) in STRATEGIES.iter().enumerate() {
+        let (db, mut sink) = setup(&format!("pg_unique_move_{n}"), ddl, &["accounts"]).await;
+        sink.set_upsert_strategy(*strategy);
+        db.client
+            .batch_execute("INSERT INTO accounts VALUES (1, 'x', 0), (2, 'b', 0), (3, 'c', 0)")
+            .await
+            .unwrap();
+        apply_one(
+            &mut sink,
+            1,
+            &[
+                // move: row 1 gives up x, row 4 takes it, row 1 changes again
+                update(row(1, "y", 0)),
+                insert(&s, row(4, "x", 0)),
+                update(row(1, "y", 1)),
+                // swap through a spare value
+                update(row(2, "tmp", 0)),
+                update(row(3, "b", 0)),
+                update(row(2, "c", 0)),
+            ],
+        )
+        .await;
+        let rows: Vec<(i64, String, i32)> = db
+            .client
+            .query(
+                "SELECT id, email, last_login FROM accounts ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, "y".into(), 1),
+                (2, "c".into(), 0),
+                (3, "b".into(), 0),
+                (4, "x".into(), 0),
+            ],
+            "{strategy:?}"
+        );
+    }
+}

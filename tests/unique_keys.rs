@@ -266,3 +266,58 @@ async fn keys_merged_by_the_target_collation_are_dead_lettered() {
     );
     agent.stop().await;
 }
+
+/// `callosum check` names a target key column whose collation merges what
+/// the source tells apart, with the ALTER that fixes it; after the fix, and
+/// for a source that merges the same keys itself, it is quiet.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_case_insensitive_target_keys() {
+    let db = databases("uk_check").await;
+    let dir = tempfile::tempdir().unwrap();
+    let collation_problems = |direction: Direction| {
+        let pipeline = match direction {
+            Direction::PgToMysql => TestPipeline {
+                name: "unique",
+                from: "crm",
+                to: "erp",
+                tables: &["users", "accounts"],
+            },
+            Direction::MysqlToPg => TestPipeline {
+                name: "unique",
+                from: "erp",
+                to: "crm",
+                tables: &["users", "accounts"],
+            },
+        };
+        let toml = common::config_toml_with(&db, dir.path(), &[pipeline], "127.0.0.1:0");
+        async move {
+            let config = Config::from_toml(&toml).unwrap();
+            callosum::check::problems(&config)
+                .await
+                .into_iter()
+                .filter(|p| p.problem.contains("insensitive"))
+                .collect::<Vec<_>>()
+        }
+    };
+    let found = collation_problems(Direction::PgToMysql).await;
+    let named: Vec<&str> = ["`email`", "`name`"]
+        .into_iter()
+        .filter(|c| found.iter().any(|p| p.problem.contains(c)))
+        .collect();
+    assert_eq!((found.len(), named.len()), (2, 2), "{found:?}");
+    for problem in &found {
+        assert!(problem.problem.contains("utf8mb4_general_ci"));
+        assert!(
+            problem.fix.contains("COLLATE utf8mb4_bin"),
+            "{}",
+            problem.fix
+        );
+    }
+    // a PostgreSQL target compares keys as the MariaDB source does
+    assert!(collation_problems(Direction::MysqlToPg).await.is_empty());
+    // the fixes as printed make the check quiet
+    for problem in &found {
+        common::mysql_exec(&db.mysql, problem.fix.trim_end_matches(';')).await;
+    }
+    assert!(collation_problems(Direction::PgToMysql).await.is_empty());
+}

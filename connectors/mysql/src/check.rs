@@ -2,6 +2,7 @@
 //! fix it.
 
 use crate::grants::Grants;
+use crate::keys::{binary_collation, insensitive_key_columns};
 use crate::sink::{open, read_table, MySqlSinkConfig};
 use callosum_api::{CheckProblem, ConnectorError, TableId, CHECKPOINT_TABLE};
 
@@ -109,6 +110,63 @@ pub async fn check_target(
                     target.namespace, target.name
                 ),
             ));
+        }
+    }
+    if let Err(err) = conn.disconnect().await {
+        tracing::debug!(store = %store, error = %err, "disconnect after check failed");
+    }
+    Ok(problems)
+}
+
+/// Checks that the target's key columns tell apart what the source's do: a
+/// primary or unique key column of a target table whose collation merges
+/// case or accents (`_ci`, `_ai`, MariaDB's default) is a problem unless
+/// the source column merges them too. `source_insensitive` lists, per
+/// source table, the columns the source itself compares case-insensitively
+/// (none for PostgreSQL). At apply time such a merge is refused: the
+/// second of `Bob` and `bob` goes to the dead-letter queue.
+///
+/// `Err` only when the store cannot be reached or queried at all.
+pub async fn check_key_collations(
+    config: &MySqlSinkConfig,
+    source_insensitive: &[(TableId, Vec<String>)],
+) -> Result<Vec<CheckProblem>, ConnectorError> {
+    let store = &config.store;
+    let (mut conn, _) = open(config).await?;
+    let mut problems = Vec::new();
+    for (source, target) in &config.tables {
+        let merged_by_source = source_insensitive
+            .iter()
+            .find(|(t, _)| t == source)
+            .map(|(_, columns)| columns.as_slice())
+            .unwrap_or_default();
+        for column in insensitive_key_columns(&mut conn, store, target).await? {
+            if merged_by_source.contains(&column.name) {
+                continue;
+            }
+            problems.push(CheckProblem {
+                store: store.clone(),
+                problem: format!(
+                    "key column `{}` of target table `{target}` compares case- or \
+                     accent-insensitively (collation {}) while source `{source}` tells such \
+                     keys apart: two source rows whose keys differ only so would be one \
+                     target row (Callosum dead-letters the second instead of overwriting)",
+                    column.name, column.collation
+                ),
+                fix: format!(
+                    "ALTER TABLE `{}`.`{}` MODIFY `{}` {} COLLATE {}{};",
+                    target.namespace,
+                    target.name,
+                    column.name,
+                    column.column_type,
+                    binary_collation(&column.collation),
+                    if column.nullable {
+                        " NULL"
+                    } else {
+                        " NOT NULL"
+                    }
+                ),
+            });
         }
     }
     if let Err(err) = conn.disconnect().await {

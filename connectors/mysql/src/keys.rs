@@ -71,34 +71,58 @@ pub fn collation_merges_case(collation: &str) -> bool {
     c.ends_with("_ci") || c.contains("_ai_") || c.ends_with("_ai") || c.contains("_ci_")
 }
 
+/// A key column (primary or unique key) of a target table.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyColumn {
+    pub name: String,
+    pub collation: String,
+    /// e.g. `varchar(32)`.
+    pub column_type: String,
+    pub nullable: bool,
+}
+
 /// Key columns (primary key and unique keys) of `table` with a collation
-/// that merges case or accents: `(column, collation)` pairs.
+/// that merges case or accents.
 pub(crate) async fn insensitive_key_columns(
     conn: &mut Conn,
     store: &str,
     table: &TableId,
-) -> Result<Vec<(String, String)>, ConnectorError> {
-    conn.exec(
-        "SELECT DISTINCT c.COLUMN_NAME, c.COLLATION_NAME FROM information_schema.COLUMNS c \
-         JOIN information_schema.STATISTICS s ON s.TABLE_SCHEMA = c.TABLE_SCHEMA \
-         AND s.TABLE_NAME = c.TABLE_NAME AND s.COLUMN_NAME = c.COLUMN_NAME \
-         WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? AND s.NON_UNIQUE = 0 \
-         AND c.COLLATION_NAME IS NOT NULL ORDER BY c.COLUMN_NAME",
-        (&table.namespace, &table.name),
-    )
-    .await
-    .map(|rows: Vec<(String, String)>| {
-        rows.into_iter()
-            .filter(|(_, collation)| collation_merges_case(collation))
-            .collect()
-    })
-    .map_err(|e| {
-        classify(
-            e,
-            store,
-            &format!("reading the key collations of `{table}`"),
+) -> Result<Vec<KeyColumn>, ConnectorError> {
+    let rows: Vec<(String, String, String, String)> = conn
+        .exec(
+            "SELECT DISTINCT c.COLUMN_NAME, c.COLLATION_NAME, c.COLUMN_TYPE, c.IS_NULLABLE \
+             FROM information_schema.COLUMNS c \
+             JOIN information_schema.STATISTICS s ON s.TABLE_SCHEMA = c.TABLE_SCHEMA \
+             AND s.TABLE_NAME = c.TABLE_NAME AND s.COLUMN_NAME = c.COLUMN_NAME \
+             WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ? AND s.NON_UNIQUE = 0 \
+             AND c.COLLATION_NAME IS NOT NULL ORDER BY c.COLUMN_NAME",
+            (&table.namespace, &table.name),
         )
-    })
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                store,
+                &format!("reading the key collations of `{table}`"),
+            )
+        })?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, collation, _, _)| collation_merges_case(collation))
+        .map(|(name, collation, column_type, nullable)| KeyColumn {
+            name,
+            collation,
+            column_type,
+            nullable: nullable == "YES",
+        })
+        .collect())
+}
+
+/// The collation that tells apart what `collation` merges: the character
+/// set's `_bin` collation.
+pub(crate) fn binary_collation(collation: &str) -> String {
+    let charset = collation.split('_').next().unwrap_or(collation);
+    format!("{charset}_bin")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod sink;
 mod source;
 mod source_check;
 
-pub use check::check_target;
+pub use check::{check_key_collations, check_target};
 pub use error::{classify, kind_of_code};
 pub use row_value::ZeroDates;
 pub use sink::{
