@@ -136,6 +136,24 @@ where
     planner.finish()
 }
 
+/// The target's unique keys (`keys`: column indexes of the target table,
+/// `name`: a target column's name) as positions in `schema`, matched by
+/// name, for [`plan_with`]. A key column the source does not have keeps
+/// its value on every write and is left out.
+pub fn unique_key_positions<'n>(
+    schema: &TableSchema,
+    keys: &[Vec<usize>],
+    name: impl Fn(usize) -> &'n str,
+) -> Vec<Vec<usize>> {
+    keys.iter()
+        .map(|key| {
+            key.iter()
+                .filter_map(|&t| schema.column_index(name(t)))
+                .collect()
+        })
+        .collect()
+}
+
 /// A 64-bit fingerprint of the key of `row` (values in the column order of
 /// `schema`): equal keys of one table give equal fingerprints; different keys
 /// give different ones except with a probability of about 2⁻⁶⁴. Deterministic
@@ -306,7 +324,9 @@ impl<'a> TableState<'a> {
         let Some(&at) = self.index.get(key) else {
             return false;
         };
-        if self.ops[at + 1..].iter().all(Option::is_none) {
+        // the last op is always live (a superseded op is never the last):
+        // other rows changed since iff the key's op is not the last one
+        if at + 1 == self.ops.len() {
             return false;
         }
         let keeps = match (&self.ops[at], row) {

@@ -4,8 +4,7 @@
 //! the source tells apart).
 
 use crate::error::classify;
-use crate::sink::TargetTable;
-use callosum_api::{ConnectorError, TableId, TableSchema};
+use callosum_api::{ConnectorError, TableId};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
@@ -46,21 +45,6 @@ pub(crate) async fn read_unique_keys(
         }
     }
     Ok(keys.into_iter().map(|(_, cols)| cols).collect())
-}
-
-/// The target's unique keys as positions in `schema` (by column name), for
-/// [`callosum_api::batch::plan_with`]. A key column the source does not
-/// have keeps its value on every write and is left out.
-pub(crate) fn source_positions(table: &TargetTable, schema: &TableSchema) -> Vec<Vec<usize>> {
-    table
-        .unique_keys
-        .iter()
-        .map(|key| {
-            key.iter()
-                .filter_map(|&t| schema.column_index(&table.columns[t].name))
-                .collect()
-        })
-        .collect()
 }
 
 /// Whether a collation compares case- or accent-insensitively: `_ci` and

@@ -4,8 +4,7 @@
 
 use crate::convert::{write_literal, write_quoted, TargetType};
 use crate::error::classify;
-use crate::keys;
-use callosum_api::batch::{plan_with, same_schema, Step};
+use callosum_api::batch::{plan_with, same_schema, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
@@ -371,7 +370,9 @@ impl MySqlSink {
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
         let tables = &self.tables;
         let steps = plan_with(events, |schema| match tables.get(&schema.table) {
-            Some(table) => keys::source_positions(table, schema),
+            Some(table) => {
+                unique_key_positions(schema, &table.unique_keys, |t| &table.columns[t].name)
+            }
             None => Vec::new(),
         });
         for step in &steps {

@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use callosum_api::batch::{plan_with, same_schema, Step};
+use callosum_api::batch::{plan_with, same_schema, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
@@ -655,7 +655,9 @@ impl PgSink {
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
         let targets = &self.targets;
         let steps = plan_with(events, |schema| match targets.get(&schema.table) {
-            Some(target) => unique_key_positions(&target.table, schema),
+            Some(target) => unique_key_positions(schema, &target.table.unique_keys, |t| {
+                &target.table.columns[t].name
+            }),
             None => Vec::new(),
         });
         for step in &steps {
@@ -736,21 +738,6 @@ impl PgSink {
         }
         Ok(())
     }
-}
-
-/// The target's unique keys as positions in `schema` (by column name), for
-/// [`plan_with`]. A key column the source does not have keeps its value on
-/// every write and is left out.
-fn unique_key_positions(table: &TargetTable, schema: &TableSchema) -> Vec<Vec<usize>> {
-    table
-        .unique_keys
-        .iter()
-        .map(|key| {
-            key.iter()
-                .filter_map(|&t| schema.column_index(&table.columns[t].name))
-                .collect()
-        })
-        .collect()
 }
 
 /// What a statement builder needs to know about its table.
