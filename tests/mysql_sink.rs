@@ -555,3 +555,58 @@ async fn an_upsert_matching_another_row_by_a_unique_key_is_refused() {
         .unwrap();
     assert_eq!(rows, vec![(1, "a".to_string(), 1)]);
 }
+
+/// A `_ci` primary key finds `Bob` for `bob`: deleting or re-keying the
+/// source's `bob` (which the target never got, e.g. dead-lettered and
+/// discarded) must leave the target's `Bob` alone.
+#[tokio::test]
+async fn deletes_and_key_updates_touch_only_the_byte_equal_key() {
+    let mut db = fresh("sink_ci_delete").await;
+    db.conn
+        .query_drop(
+            "CREATE TABLE users (name VARCHAR(32) CHARACTER SET utf8mb4 \
+             COLLATE utf8mb4_general_ci PRIMARY KEY, n INT)",
+        )
+        .await
+        .unwrap();
+    db.conn
+        .query_drop("INSERT INTO users VALUES ('Bob', 1), ('Ann', 2)")
+        .await
+        .unwrap();
+    let mut sink = MySqlSink::connect(config(&db, &["users"])).await.unwrap();
+    let s = Arc::new(TableSchema {
+        table: TableId::new("public", "users"),
+        columns: [("name", "varchar", true), ("n", "int4", false)]
+            .iter()
+            .map(|(name, t, key)| ColumnSchema {
+                name: name.to_string(),
+                source_type: t.to_string(),
+                is_key: *key,
+            })
+            .collect(),
+    });
+    let key = |name: &str| vec![Value::Text(name.into()), Value::Null];
+    sink.begin(&pos(1)).await.unwrap();
+    sink.apply(&[
+        ChangeEvent {
+            schema: s.clone(),
+            change: RowChange::Delete { key: key("bob") },
+        },
+        ChangeEvent {
+            schema: s.clone(),
+            change: RowChange::Update {
+                old_key: Some(key("ann")),
+                row: vec![Value::Text("Zed".into()), Value::Unchanged],
+            },
+        },
+    ])
+    .await
+    .unwrap();
+    sink.commit().await.unwrap();
+    let rows: Vec<(String, i32)> = db
+        .conn
+        .query("SELECT name, n FROM users ORDER BY name")
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![("Ann".to_string(), 2), ("Bob".to_string(), 1)]);
+}

@@ -4,6 +4,7 @@
 
 use crate::convert::{write_literal, write_quoted, TargetType};
 use crate::error::classify;
+use crate::keys;
 use callosum_api::batch::{plan_with, same_schema, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, Mismatch};
 use callosum_api::{
@@ -89,6 +90,10 @@ pub(crate) struct TargetTable {
     pub primary_key: Vec<usize>,
     /// Unique keys besides the primary key, indexes into `columns`.
     pub unique_keys: Vec<Vec<usize>>,
+    /// Per primary-key column: the `_bin` collation to compare it under
+    /// when its own collation merges case or accents (`Bob` = `bob`), so
+    /// a delete or key update touches only the source's row.
+    pub key_collations: Vec<Option<String>>,
 }
 
 /// Reads the columns and primary key of `db.table`; `None` when the table
@@ -143,17 +148,28 @@ pub(crate) async fn read_table(
         )
         .await
         .map_err(|e| classify(e, store, &format!("reading the primary key of `{table}`")))?;
-    let primary_key = pk
+    let primary_key: Vec<usize> = pk
         .iter()
         .filter_map(|name| columns.iter().position(|c| &c.name == name))
         .collect();
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let unique_keys = crate::keys::read_unique_keys(conn, store, table, &names).await?;
+    let unique_keys = keys::read_unique_keys(conn, store, table, &names).await?;
+    let insensitive = keys::insensitive_key_columns(conn, store, table).await?;
+    let key_collations = primary_key
+        .iter()
+        .map(|&k| {
+            insensitive
+                .iter()
+                .find(|c| c.name == columns[k].name)
+                .map(|c| keys::binary_collation(&c.collation))
+        })
+        .collect();
     Ok(Some(TargetTable {
         id: table.clone(),
         columns,
         primary_key,
         unique_keys,
+        key_collations,
     }))
 }
 
@@ -528,46 +544,20 @@ fn build_statement(
             sql.push_str("DELETE FROM ");
             push_table(sql, &table.id);
             sql.push_str(" WHERE ");
-            let single = map.key_sources.len() == 1;
-            if single {
-                push_ident(sql, &table.columns[table.primary_key[0]].name);
-                sql.push_str(" IN (");
+            let exact = table.key_collations.iter().any(Option::is_some);
+            if exact {
+                sql.push('(');
             }
-            let mut i = from;
-            while i < keys.len()
-                && i - from < MAX_ROWS_PER_STATEMENT
-                && sql.len() < MAX_STATEMENT_BYTES
-            {
-                let key = keys[i];
-                if single {
-                    if i > from {
-                        sql.push(',');
-                    }
-                    let s = map.key_sources[0];
-                    write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
-                } else {
-                    // OR of equalities: both MariaDB and MySQL use the
-                    // primary key's range access for it.
-                    if i > from {
-                        sql.push_str(" OR ");
-                    }
-                    sql.push('(');
-                    for (n, &s) in map.key_sources.iter().enumerate() {
-                        if n > 0 {
-                            sql.push_str(" AND ");
-                        }
-                        push_ident(sql, &table.columns[map.target[s]].name);
-                        sql.push('=');
-                        write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
-                    }
-                    sql.push(')');
-                }
-                i += 1;
-            }
-            if single {
+            let end = push_key_list(sql, keys, from, None, map, table, store, schema)?;
+            if exact {
+                // the index finds the rows equal under the column's
+                // collation; of those, only the byte-equal ones (`bob`,
+                // not `Bob`) are the source's rows
+                sql.push_str(") AND (");
+                push_key_list(sql, keys, from, Some(end), map, table, store, schema)?;
                 sql.push(')');
             }
-            Ok(i)
+            Ok(end)
         }
         Step::Upsert { present, rows, .. } => {
             sql.push_str("INSERT INTO ");
@@ -642,10 +632,85 @@ fn build_statement(
                 push_ident(sql, &table.columns[map.target[s]].name);
                 sql.push('=');
                 write_value(sql, &old_key[s], store, table, map.target[s], schema, s)?;
+                if let Some(Some(collation)) = table.key_collations.get(n) {
+                    // only the byte-equal row of those the index finds
+                    sql.push_str(" AND ");
+                    push_ident(sql, &table.columns[map.target[s]].name);
+                    sql.push_str(" COLLATE ");
+                    sql.push_str(collation);
+                    sql.push('=');
+                    write_value(sql, &old_key[s], store, table, map.target[s], schema, s)?;
+                }
             }
             Ok(1)
         }
     }
+}
+
+/// `key IN (…)` (single-column key) or an OR of equalities over
+/// `keys[from..]`, up to the statement limits, or exactly up to `exact_to`
+/// with every key column compared under its `_bin` collation
+/// ([`TargetTable::key_collations`]). Returns the end of the rows written.
+#[allow(clippy::too_many_arguments)]
+fn push_key_list(
+    sql: &mut String,
+    keys: &[&[Value]],
+    from: usize,
+    exact_to: Option<usize>,
+    map: &ColumnMap,
+    table: &TargetTable,
+    store: &str,
+    schema: &TableSchema,
+) -> Result<usize, ConnectorError> {
+    let single = map.key_sources.len() == 1;
+    let push_column = |sql: &mut String, n: usize| {
+        push_ident(sql, &table.columns[table.primary_key[n]].name);
+        if let (Some(_), Some(Some(collation))) = (exact_to, table.key_collations.get(n)) {
+            sql.push_str(" COLLATE ");
+            sql.push_str(collation);
+        }
+    };
+    if single {
+        push_column(sql, 0);
+        sql.push_str(" IN (");
+    }
+    let mut i = from;
+    while match exact_to {
+        Some(end) => i < end,
+        None => {
+            i < keys.len() && i - from < MAX_ROWS_PER_STATEMENT && sql.len() < MAX_STATEMENT_BYTES
+        }
+    } {
+        let key = keys[i];
+        if single {
+            if i > from {
+                sql.push(',');
+            }
+            let s = map.key_sources[0];
+            write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
+        } else {
+            // OR of equalities: both MariaDB and MySQL use the
+            // primary key's range access for it.
+            if i > from {
+                sql.push_str(" OR ");
+            }
+            sql.push('(');
+            for (n, &s) in map.key_sources.iter().enumerate() {
+                if n > 0 {
+                    sql.push_str(" AND ");
+                }
+                push_column(sql, n);
+                sql.push('=');
+                write_value(sql, &key[s], store, table, map.target[s], schema, s)?;
+            }
+            sql.push(')');
+        }
+        i += 1;
+    }
+    if single {
+        sql.push(')');
+    }
+    Ok(i)
 }
 
 fn push_values_assignment(sql: &mut String, name: &str) {
@@ -770,6 +835,7 @@ mod tests {
             ],
             primary_key: vec![0],
             unique_keys: Vec::new(),
+            key_collations: vec![None],
         }
     }
 
