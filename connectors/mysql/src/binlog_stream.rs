@@ -1029,13 +1029,9 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Schema);
         assert!(err.to_string().contains("db.nokey"), "{err}");
         let mut data = a_row(1, b"x", 1);
-        data[10] = 0xff; // invalid UTF-8
-        let err = s.handle(&h(200), write(1, data)).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Conversion);
-        let msg = err.to_string();
-        for part in ["erp", "db.a", "column v", "varchar"] {
-            assert!(msg.contains(part), "{msg}");
-        }
+        data[10] = 0xff; // invalid UTF-8: carried as Value::Undecodable, the
+                         // sink refuses it by name; capture goes on
+        s.handle(&h(200), write(1, data)).unwrap();
         let err = s.handle(&h(200), write(1, vec![0, 1, 2])).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Protocol);
     }

@@ -9,15 +9,18 @@
 
 mod binlog_event;
 mod binlog_stream;
+pub mod charset;
 mod check;
 pub mod convert;
 pub mod error;
 mod grants;
+pub mod jsonb;
 pub mod keys;
 pub mod row_value;
 mod sink;
 mod source;
 mod source_check;
+mod time_zone;
 
 pub use check::{check_key_collations, check_target};
 pub use error::{classify, kind_of_code};
@@ -27,3 +30,4 @@ pub use sink::{
 };
 pub use source::{MySqlSource, MySqlSourceConfig, HEARTBEAT_PERIOD, READ_TIMEOUT};
 pub use source_check::check_source;
+pub use time_zone::parse_time_zone;

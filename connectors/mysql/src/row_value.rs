@@ -33,9 +33,12 @@
 //! rejects it with its own error.
 //! MySQL's binary JSON type is not decoded yet (conversion error).
 
-use callosum_api::Value;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use callosum_api::{Interval, Value};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
 use mysql_async::consts::ColumnType;
+
+use crate::charset::Charset;
 
 /// Collation id of the `binary` character set.
 pub const BINARY_CHARSET: u16 = 63;
@@ -57,6 +60,8 @@ pub struct ColumnDef {
     pub json: bool,
     /// The catalog says `tinyint(1)`.
     pub tiny1: bool,
+    /// The store's `time_zone` for `DATETIME` columns; `None` is UTC.
+    pub zone: Option<Tz>,
 }
 
 impl ColumnDef {
@@ -71,6 +76,7 @@ impl ColumnDef {
             labels: Vec::new(),
             json: false,
             tiny1: false,
+            zone: None,
         }
     }
 
@@ -288,7 +294,7 @@ fn decode_value(c: &ColumnDef, r: &mut Reader<'_>) -> Result<Value, ValueError> 
         MYSQL_TYPE_INT24 => int(r, 3),
         MYSQL_TYPE_LONG => int(r, 4),
         MYSQL_TYPE_LONGLONG => int(r, 8),
-        MYSQL_TYPE_FLOAT => Ok(Value::Float(f64::from(f32::from_bits(r.le(4)? as u32)))),
+        MYSQL_TYPE_FLOAT => Ok(Value::Float(float32(f32::from_bits(r.le(4)? as u32)))),
         MYSQL_TYPE_DOUBLE => Ok(Value::Float(f64::from_bits(r.le(8)?))),
         MYSQL_TYPE_NEWDECIMAL => {
             decimal(r, c.meta_byte(0).into(), c.meta_byte(1).into()).map(Value::Decimal)
@@ -317,7 +323,7 @@ fn decode_value(c: &ColumnDef, r: &mut Reader<'_>) -> Result<Value, ValueError> 
                 (hms % 64) as u32,
                 frac,
             )?;
-            Ok(Value::Timestamp(NaiveDateTime::new(d, t)))
+            Ok(local_datetime(c, NaiveDateTime::new(d, t)))
         }
         MYSQL_TYPE_DATETIME => {
             let v = r.le(8)?;
@@ -333,7 +339,7 @@ fn decode_value(c: &ColumnDef, r: &mut Reader<'_>) -> Result<Value, ValueError> 
                 (t % 100) as u32,
                 0,
             )?;
-            Ok(Value::Timestamp(NaiveDateTime::new(d, t)))
+            Ok(local_datetime(c, NaiveDateTime::new(d, t)))
         }
         MYSQL_TYPE_TIMESTAMP2 => {
             let secs = r.be(4)? as i64;
@@ -341,22 +347,29 @@ fn decode_value(c: &ColumnDef, r: &mut Reader<'_>) -> Result<Value, ValueError> 
             timestamp(secs, frac)
         }
         MYSQL_TYPE_TIMESTAMP => timestamp(r.le(4)? as i64, 0),
-        MYSQL_TYPE_TIME2 => time2(r, c.meta_byte(0)).map(Value::Time),
+        MYSQL_TYPE_TIME2 => time2(r, c.meta_byte(0)).and_then(duration),
         MYSQL_TYPE_TIME => {
             let raw = r.le(3)?;
             let v = ((raw << 40) as i64) >> 40;
-            if v < 0 {
-                return Err(ValueError::Invalid(
-                    "a negative time, which has no equivalent outside MySQL",
-                ));
+            let abs = v.unsigned_abs() as i64;
+            let (h, m, s) = (abs / 10_000, (abs / 100) % 100, abs % 100);
+            if m >= 60 || s >= 60 {
+                return Err(ValueError::Invalid("an invalid time"));
             }
-            time(
-                (v / 10_000) as u32,
-                ((v / 100) % 100) as u32,
-                (v % 100) as u32,
-                0,
-            )
-            .map(Value::Time)
+            let micros = ((h * 60 + m) * 60 + s) * 1_000_000;
+            duration(if v < 0 { -micros } else { micros })
+        }
+        MYSQL_TYPE_JSON => {
+            let prefix = usize::from(c.meta_byte(0));
+            if !(1..=4).contains(&prefix) {
+                return Err(ValueError::Truncated);
+            }
+            let n = r.le(prefix)? as usize;
+            let bytes = r.take(n)?;
+            Ok(match crate::jsonb::to_json_text(bytes) {
+                Ok(text) => Value::Json(text),
+                Err(reason) => undecodable(c, reason),
+            })
         }
         MYSQL_TYPE_BIT => {
             let n = usize::from(c.meta_byte(1)) + usize::from(c.meta_byte(0) > 0);
@@ -448,28 +461,99 @@ fn decode_value(c: &ColumnDef, r: &mut Reader<'_>) -> Result<Value, ValueError> 
     }
 }
 
+/// Text by the column's character set (never guessed); bytes that are not
+/// valid in it, or a set Callosum does not decode, are
+/// [`Value::Undecodable`]: the sink refuses them by name, capture goes on.
 fn string(c: &ColumnDef, bytes: &[u8]) -> Result<Value, ValueError> {
     if c.is_binary() {
         return Ok(Value::Bytes(bytes.to_vec()));
     }
-    let text =
-        match std::str::from_utf8(bytes) {
-            Ok(s) => s.to_string(),
-            Err(_) if is_latin1(c.charset) => bytes.iter().map(|b| char::from(*b)).collect(),
-            Err(_) => return Err(ValueError::Invalid(
-                "text that is not valid UTF-8 (Callosum reads utf8mb4, utf8mb3 and latin1 columns)",
-            )),
-        };
-    Ok(if c.json {
-        Value::Json(text)
-    } else {
-        Value::Text(text)
+    let charset = Charset::of_collation(c.charset);
+    if let Charset::Unsupported(name) = &charset {
+        return Ok(Value::Undecodable {
+            type_name: c.source_type(),
+            reason: format!("character set {name}, which Callosum does not decode"),
+        });
+    }
+    Ok(match charset.decode(bytes) {
+        Ok(text) if c.json => Value::Json(text),
+        Ok(text) => Value::Text(text),
+        Err(reason) => undecodable(c, reason),
     })
 }
 
-/// latin1 collations.
-fn is_latin1(charset: u16) -> bool {
-    matches!(charset, 5 | 8 | 15 | 31 | 47 | 48 | 49 | 94)
+fn undecodable(c: &ColumnDef, reason: &str) -> Value {
+    Value::Undecodable {
+        type_name: c.source_type(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A FLOAT as the shortest decimal text of its 32-bit value, widened:
+/// `0.1` stays `0.1` (not `0.10000000149011612`) in every target.
+pub fn float32(f: f32) -> f64 {
+    if !f.is_finite() {
+        return f64::from(f);
+    }
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
+/// A MySQL TIME in microseconds: a time of day when it is one (0 to under
+/// 24 h), otherwise a duration.
+fn duration(micros: i64) -> Result<Value, ValueError> {
+    if (0..86_400_000_000).contains(&micros) {
+        let secs = (micros / 1_000_000) as u32;
+        return NaiveTime::from_num_seconds_from_midnight_opt(
+            secs,
+            (micros % 1_000_000) as u32 * 1000,
+        )
+        .map(Value::Time)
+        .ok_or(ValueError::Invalid("an invalid time"));
+    }
+    Ok(Value::Interval(Interval::from_micros(micros)))
+}
+
+/// A DATETIME: the local time of the store's `time_zone`. UTC (the
+/// default) keeps it a [`Value::Timestamp`]; another zone makes it a
+/// [`Value::ZonedTimestamp`] with the offset the zone had then. A local time
+/// in a DST gap takes the offset before the gap (as PostgreSQL does: 02:30
+/// on a spring-forward night is 03:30 summer time); one in an overlap takes
+/// the earlier instant (the summer-time offset).
+fn local_datetime(c: &ColumnDef, local: NaiveDateTime) -> Value {
+    let Some(zone) = c.zone else {
+        return Value::Timestamp(local);
+    };
+    Value::ZonedTimestamp(zoned(zone, local))
+}
+
+/// `local` in `zone` with the offset the gap/overlap rule of
+/// [`local_datetime`] gives.
+pub fn zoned(zone: Tz, local: NaiveDateTime) -> DateTime<chrono::FixedOffset> {
+    let offset = match zone.offset_from_local_datetime(&local) {
+        chrono::LocalResult::Single(o) => o.fix(),
+        chrono::LocalResult::Ambiguous(a, b) => {
+            let (a, b) = (a.fix(), b.fix());
+            // The earlier instant has the larger offset.
+            if a.local_minus_utc() >= b.local_minus_utc() {
+                a
+            } else {
+                b
+            }
+        }
+        chrono::LocalResult::None => {
+            // The offset in force just before the gap (gaps are at most
+            // a few hours long).
+            let before = local - chrono::Duration::hours(6);
+            match zone.offset_from_local_datetime(&before).earliest() {
+                Some(o) => o.fix(),
+                None => chrono::FixedOffset::east_opt(0).expect("zero offset"),
+            }
+        }
+    };
+    offset
+        .from_local_datetime(&local)
+        .single()
+        .unwrap_or_else(|| Utc.from_utc_datetime(&local).fixed_offset())
 }
 
 fn date(y: i32, m: u32, d: u32) -> Result<NaiveDate, ValueError> {
@@ -514,47 +598,53 @@ fn fraction(r: &mut Reader<'_>, fsp: u8) -> Result<u32, ValueError> {
     })
 }
 
-/// TIME2: a packed big-endian value offset so that it sorts as unsigned.
-fn time2(r: &mut Reader<'_>, fsp: u8) -> Result<NaiveTime, ValueError> {
-    const NEGATIVE: ValueError =
-        ValueError::Invalid("a negative time, which has no equivalent outside MySQL");
-    let (int_part, micros) = match fsp {
+/// TIME2: a packed big-endian value offset so that it sorts as unsigned
+/// (MySQL's `my_time_packed_from_binary`); returns signed microseconds.
+fn time2(r: &mut Reader<'_>, fsp: u8) -> Result<i64, ValueError> {
+    let packed = match fsp {
         1..=4 => {
-            let int_part = r.be(3)? as i64 - 0x80_0000;
-            let (frac, scale) = if fsp <= 2 {
-                (r.be(1)? as i64, 10_000)
+            let mut int_part = r.be(3)? as i64 - 0x80_0000;
+            let (mut frac, wrap, scale) = if fsp <= 2 {
+                (r.be(1)? as i64, 0x100, 10_000)
             } else {
-                (r.be(2)? as i64, 100)
+                (r.be(2)? as i64, 0x1_0000, 100)
             };
-            if int_part < 0 {
-                return Err(NEGATIVE);
+            if int_part < 0 && frac != 0 {
+                int_part += 1;
+                frac -= wrap;
             }
-            (int_part, frac * scale)
+            (int_part << 24) + frac * scale
         }
-        5 | 6 => {
-            let packed = r.be(6)? as i64 - 0x8000_0000_0000;
-            if packed < 0 {
-                return Err(NEGATIVE);
-            }
-            (packed >> 24, packed % (1 << 24))
-        }
-        _ => {
-            let int_part = r.be(3)? as i64 - 0x80_0000;
-            if int_part < 0 {
-                return Err(NEGATIVE);
-            }
-            (int_part, 0)
-        }
+        5 | 6 => r.be(6)? as i64 - 0x8000_0000_0000,
+        _ => (r.be(3)? as i64 - 0x80_0000) << 24,
     };
-    if micros >= 1_000_000 {
-        return Err(ValueError::Invalid("an invalid fraction of a second"));
+    let abs = packed.unsigned_abs() as i64;
+    let micros = abs % (1 << 24);
+    let int_part = abs >> 24;
+    let (h, m, s) = (
+        (int_part >> 12) % (1 << 10),
+        (int_part >> 6) % 64,
+        int_part % 64,
+    );
+    if micros >= 1_000_000 || m >= 60 || s >= 60 {
+        return Err(ValueError::Invalid("an invalid time"));
     }
-    time(
-        ((int_part >> 12) % (1 << 10)) as u32,
-        ((int_part >> 6) % 64) as u32,
-        (int_part % 64) as u32,
-        micros as u32,
-    )
+    let total = ((h * 60 + m) * 60 + s) * 1_000_000 + micros;
+    Ok(if packed < 0 { -total } else { total })
+}
+
+/// A binary DECIMAL(precision, scale) that is exactly `bytes`, as text.
+pub(crate) fn decimal_text(
+    bytes: &[u8],
+    precision: usize,
+    scale: usize,
+) -> Result<String, ValueError> {
+    let mut r = Reader { buf: bytes };
+    let text = decimal(&mut r, precision, scale)?;
+    if !r.buf.is_empty() {
+        return Err(ValueError::Truncated);
+    }
+    Ok(text)
 }
 
 const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
@@ -737,17 +827,38 @@ mod tests {
         );
         let mut b = ((0x80_0000 - int_part - 1) as u32).to_be_bytes()[1..].to_vec();
         b.push((256 - 78) as u8);
-        assert!(matches!(
+        let micros = ((12 * 60 + 34) * 60 + 56) * 1_000_000 + 780_000;
+        assert_eq!(
             one(&col(MYSQL_TYPE_TIME2, &[2]), &b),
-            Err(ValueError::Invalid(_))
-        ));
-        // TIME2(0) 25:00:00
+            Ok(Value::Interval(Interval::from_micros(-micros)))
+        );
+        // TIME2(0) 25:00:00 and 838:59:59 are durations.
         let int_part: i64 = 25 << 12;
         let b = ((int_part + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
-        assert!(matches!(
+        assert_eq!(
             one(&col(MYSQL_TYPE_TIME2, &[0]), &b),
-            Err(ValueError::Invalid(_))
-        ));
+            Ok(Value::Interval(Interval::from_micros(25 * 3_600_000_000)))
+        );
+        let int_part: i64 = (838 << 12) | (59 << 6) | 59;
+        let b = ((int_part + 0x80_0000) as u32).to_be_bytes()[1..].to_vec();
+        assert_eq!(
+            one(&col(MYSQL_TYPE_TIME2, &[0]), &b),
+            Ok(Value::Interval(Interval::from_micros(
+                ((838 * 60 + 59) * 60 + 59) * 1_000_000
+            )))
+        );
+        // TIME2(6) -00:00:00.000001
+        let b = (0x8000_0000_0000u64 - 1).to_be_bytes()[2..].to_vec();
+        assert_eq!(
+            one(&col(MYSQL_TYPE_TIME2, &[6]), &b),
+            Ok(Value::Interval(Interval::from_micros(-1)))
+        );
+        // Old TIME -1:02:03
+        let raw = (-10_203i32).to_le_bytes()[..3].to_vec();
+        assert_eq!(
+            one(&col(MYSQL_TYPE_TIME, &[]), &raw),
+            Ok(Value::Interval(Interval::from_micros(-3_723_000_000)))
+        );
         assert_eq!(
             one(&col(MYSQL_TYPE_YEAR, &[]), &[124]),
             Ok(Value::Int(2024))
@@ -863,7 +974,7 @@ mod tests {
         );
         assert!(matches!(
             one(&text, b"\x01\xff"),
-            Err(ValueError::Invalid(_))
+            Ok(Value::Undecodable { .. })
         ));
         let mut latin = text.clone();
         latin.charset = 8;
@@ -911,6 +1022,100 @@ mod tests {
         );
     }
 
+    #[test]
+    fn float_is_the_shortest_text_of_its_32_bits() {
+        let c = col(MYSQL_TYPE_FLOAT, &[4]);
+        assert_eq!(one(&c, &0.1f32.to_le_bytes()), Ok(Value::Float(0.1)));
+        assert_eq!(
+            one(&c, &f32::MAX.to_le_bytes()),
+            Ok(Value::Float(3.4028235e38))
+        );
+        assert_eq!(
+            one(&c, &(-1e-45f32).to_le_bytes()),
+            Ok(Value::Float(-1e-45))
+        );
+    }
+
+    #[test]
+    fn text_by_the_column_charset() {
+        let mut c = col(MYSQL_TYPE_VARCHAR, &[200, 0]);
+        c.charset = 8; // latin1_swedish_ci: cp1252
+        assert_eq!(
+            one(&c, b"\x05\x80\x93x\x94\xe9"),
+            Ok(Value::Text("€“x”é".into()))
+        );
+        c.charset = 35; // ucs2_general_ci
+        assert_eq!(one(&c, b"\x04\x20\xac\x00a"), Ok(Value::Text("€a".into())));
+        c.charset = 54; // utf16_general_ci
+        assert_eq!(
+            one(&c, b"\x04\xd8\x3d\xde\x00"),
+            Ok(Value::Text("😀".into()))
+        );
+        c.charset = 45;
+        assert_eq!(
+            one(&c, b"\x01\xff"),
+            Ok(Value::Undecodable {
+                type_name: "varchar".into(),
+                reason: "text that is not valid UTF-8 in a utf8 column".into()
+            })
+        );
+        c.charset = 51; // cp1251
+        assert!(matches!(
+            one(&c, b"\x01a"),
+            Ok(Value::Undecodable { reason, .. }) if reason.contains("cp1251")
+        ));
+    }
+
+    #[test]
+    fn mysql_binary_json() {
+        let c = col(MYSQL_TYPE_JSON, &[4]);
+        let doc = serde_json::json!({"a": [1, "x€", null], "b": 0.5});
+        let bin = crate::jsonb::encode(&doc, false);
+        let mut b = (bin.len() as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&bin);
+        let Ok(Value::Json(text)) = one(&c, &b) else {
+            panic!("not json")
+        };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            doc
+        );
+        assert!(matches!(
+            one(&c, &[1, 0, 0, 0, 0x42]),
+            Ok(Value::Undecodable { .. })
+        ));
+    }
+
+    #[test]
+    fn datetime_in_the_store_time_zone() {
+        let ym = 2024 * 13 + 7;
+        let dt2 = |ym: i64, d: i64, h: i64, m: i64| {
+            let int_part: i64 = (((ym << 5) | d) << 17) | (h << 12) | (m << 6);
+            ((int_part + 0x80_0000_0000) as u64).to_be_bytes()[3..].to_vec()
+        };
+        let mut c = col(MYSQL_TYPE_DATETIME2, &[0]);
+        c.zone = Some(chrono_tz::Europe::Berlin);
+        let Ok(Value::ZonedTimestamp(ts)) = one(&c, &dt2(ym, 1, 12, 0)) else {
+            panic!("not zoned")
+        };
+        assert_eq!(ts.to_rfc3339(), "2024-07-01T12:00:00+02:00");
+        // In the spring-forward gap: the offset before it.
+        let Ok(Value::ZonedTimestamp(ts)) = one(&c, &dt2(2024 * 13 + 3, 31, 2, 30)) else {
+            panic!("not zoned")
+        };
+        assert_eq!(ts.to_rfc3339(), "2024-03-31T02:30:00+01:00");
+        // In the autumn overlap: the earlier instant.
+        let Ok(Value::ZonedTimestamp(ts)) = one(&c, &dt2(2024 * 13 + 10, 27, 2, 30)) else {
+            panic!("not zoned")
+        };
+        assert_eq!(ts.to_rfc3339(), "2024-10-27T02:30:00+02:00");
+        c.zone = None;
+        assert!(matches!(
+            one(&c, &dt2(ym, 1, 12, 0)),
+            Ok(Value::Timestamp(_))
+        ));
+    }
+
     fn any_type() -> impl Strategy<Value = ColumnType> {
         prop::sample::select(vec![
             MYSQL_TYPE_TINY,
@@ -945,7 +1150,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(
             ty in any_type(),
             meta in prop::collection::vec(any::<u8>(), 0..3),
-            charset in prop::sample::select(vec![0u16, 8, 45, 63]),
+            charset in prop::sample::select(vec![0u16, 8, 11, 35, 45, 54, 56, 60, 63, 51]),
             data in prop::collection::vec(any::<u8>(), 0..64),
         ) {
             let mut c = col(ty, &meta);
