@@ -241,6 +241,9 @@ pub struct MysqlStore {
     pub server_id: u32,
     /// What a captured zero date (`0000-00-00`) becomes; default `error`.
     pub zero_dates: ZeroDates,
+    /// The zone of the application's local times in `DATETIME` columns
+    /// (`time_zone`, an IANA name); `None` is UTC, the default.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 /// `zero_dates` of a MySQL store: what a zero date (`0000-00-00`, a zero
@@ -330,6 +333,7 @@ struct RawStore {
     schema: Option<String>,
     server_id: Option<u32>,
     zero_dates: Option<ZeroDates>,
+    time_zone: Option<String>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -363,6 +367,7 @@ impl TryFrom<RawStore> for StoreConfig {
                     &[
                         ("server_id", raw.server_id.is_some()),
                         ("zero_dates", raw.zero_dates.is_some()),
+                        ("time_zone", raw.time_zone.is_some()),
                     ],
                     "applies only to kind = \"mysql\" stores; remove it from this kind = \"postgres\" store",
                 )?;
@@ -394,6 +399,11 @@ impl TryFrom<RawStore> for StoreConfig {
                     password_file: raw.password_file,
                     server_id,
                     zero_dates: raw.zero_dates.unwrap_or_default(),
+                    time_zone: match &raw.time_zone {
+                        Some(name) => callosum_mysql::parse_time_zone(name)
+                            .map_err(|e| format!("invalid value for key `time_zone`: {e}"))?,
+                        None => None,
+                    },
                 }))
             }
         }
@@ -903,6 +913,7 @@ impl fmt::Debug for MysqlStore {
             .field("password_file", &self.password_file)
             .field("server_id", &self.server_id)
             .field("zero_dates", &self.zero_dates)
+            .field("time_zone", &self.time_zone)
             .finish()
     }
 }
@@ -1123,6 +1134,34 @@ tables = ["public.accounts", "orders"]
             parse_error(&base("").replace("kind = \"mysql\"", "kind = \"oracle\""));
         assert!(message.contains("unknown variant `oracle`"), "{message}");
         assert_eq!(line, Some(8));
+    }
+
+    #[test]
+    fn time_zone_defaults_to_utc_parses_and_names_its_key_when_wrong() {
+        let zone = |config: &Config| match &config.stores["erp"] {
+            StoreConfig::Mysql(erp) => erp.time_zone,
+            other => panic!("erp is mysql: {other:?}"),
+        };
+        assert_eq!(zone(&Config::from_toml(&base("")).unwrap()), None);
+        let with = |name: &str| {
+            base("").replace(
+                "server_id = 4201",
+                &format!("server_id = 4201\ntime_zone = \"{name}\""),
+            )
+        };
+        assert_eq!(zone(&Config::from_toml(&with("UTC")).unwrap()), None);
+        assert_eq!(
+            zone(&Config::from_toml(&with("Europe/Berlin")).unwrap()),
+            Some(chrono_tz::Europe::Berlin)
+        );
+        let (message, _) = parse_error(&with("Mars/Olympus"));
+        assert!(message.contains("`time_zone`"), "{message}");
+        assert!(message.contains("Mars/Olympus"), "{message}");
+        let text = base("")
+            .replace("kind = \"mysql\"", "kind = \"postgres\"")
+            .replace("server_id = 4201", "time_zone = \"UTC\"");
+        let (message, _) = parse_error(&text);
+        assert!(message.contains("`time_zone`"), "{message}");
     }
 
     #[test]

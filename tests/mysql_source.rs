@@ -40,6 +40,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSourceConfig {
             .map(|t| TableId::new(&db.database, *t))
             .collect(),
         zero_dates: ZeroDates::Error,
+        time_zone: None,
     }
 }
 

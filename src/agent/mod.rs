@@ -487,6 +487,7 @@ pub(crate) fn source_config(
                 crate::config::ZeroDates::Error => callosum_mysql::ZeroDates::Error,
                 crate::config::ZeroDates::Null => callosum_mysql::ZeroDates::Null,
             },
+            time_zone: mysql.time_zone,
         }),
     })
 }

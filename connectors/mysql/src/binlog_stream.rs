@@ -146,6 +146,8 @@ struct Txn {
 pub struct StreamState {
     store: String,
     zero_dates: ZeroDates,
+    /// The store's `time_zone` for DATETIME columns; `None` is UTC.
+    time_zone: Option<chrono_tz::Tz>,
     tables: HashSet<TableId>,
     kind: PositionKind,
     resume_from: Option<Position>,
@@ -194,6 +196,7 @@ impl StreamState {
         StreamState {
             store: store.to_string(),
             zero_dates,
+            time_zone: None,
             tables: tables.iter().cloned().collect(),
             kind,
             resume_from,
@@ -248,7 +251,15 @@ impl StreamState {
     /// `refinement` (`None`: use the cached one, if it was looked up for the
     /// same column names). Keeps the table's schema `Arc` when its shape did
     /// not change.
+    /// DATETIME columns hold local times of `zone` (`None`: UTC).
+    pub fn set_time_zone(&mut self, zone: Option<chrono_tz::Tz>) {
+        self.time_zone = zone;
+    }
+
     pub fn install_table(&mut self, mut map: TableMap, refinement: Option<Refinement>) {
+        for c in &mut map.columns {
+            c.zone = self.time_zone;
+        }
         let names: Vec<String> = map.columns.iter().map(|c| c.name.clone()).collect();
         if let Some(r) = refinement {
             self.refinements

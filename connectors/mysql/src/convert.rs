@@ -155,6 +155,8 @@ const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the targ
 /// | `Bytes` | binary/varbinary/blob types (length in bytes) |
 /// | `Date` | date, datetime, timestamp |
 /// | `Time` | time |
+/// | `Interval` | time (microseconds only, within ±838:59:59) |
+/// | `ZonedTimestamp` | datetime (its local time), timestamp (its instant) |
 /// | `Timestamp`, `TimestampTz` (as UTC) | datetime, timestamp (range-checked), date (midnight only) |
 /// | `Uuid` | char(≥36)/varchar/text, binary(16), uuid |
 ///
@@ -257,6 +259,15 @@ pub fn write_literal(out: &mut String, v: &Value, ty: &TargetType) -> Result<(),
         (Value::TimestampTz(ts), T::DateTime { fsp } | T::Timestamp { fsp }) => {
             write_datetime(out, &ts.naive_utc(), ty, *fsp)?
         }
+        // A DATETIME of a store with a time_zone: its local time into a
+        // datetime, its instant (UTC) into a timestamp.
+        (Value::ZonedTimestamp(ts), T::DateTime { fsp }) => {
+            write_datetime(out, &ts.naive_local(), ty, *fsp)?
+        }
+        (Value::ZonedTimestamp(ts), T::Timestamp { fsp }) => {
+            write_datetime(out, &ts.naive_utc(), ty, *fsp)?
+        }
+        (Value::Interval(i), T::Time { fsp }) => write_duration(out, i, *fsp)?,
         (Value::Timestamp(ts), T::Date) => {
             if ts.time() != NaiveTime::MIN {
                 return Err("has a time of day that a date column cannot hold");
@@ -444,6 +455,41 @@ fn write_date(out: &mut String, d: &NaiveDate) -> Result<(), Reason> {
         return Err("out of range for the target date type");
     }
     let _ = write!(out, "'{:04}-{:02}-{:02}'", d.year(), d.month(), d.day());
+    Ok(())
+}
+
+/// A duration into a TIME column: microseconds only (no months or days),
+/// within MySQL's ±838:59:59.
+fn write_duration(out: &mut String, i: &callosum_api::Interval, fsp: u32) -> Result<(), Reason> {
+    if i.months != 0 || i.days != 0 {
+        return Err("an interval with months or days cannot be stored in a time column");
+    }
+    let abs = i.micros.unsigned_abs();
+    if abs > 838 * 3_600_000_000 + 59 * 60_000_000 + 59_000_000 {
+        return Err("out of range for a time column (±838:59:59)");
+    }
+    let unit = 10u64.pow(6 - fsp.min(6));
+    if abs % unit != 0 {
+        return Err("has more fractional seconds than the target column's precision");
+    }
+    let secs = abs / 1_000_000;
+    let sign = if i.micros < 0 { "-" } else { "" };
+    let _ = write!(
+        out,
+        "'{sign}{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if fsp > 0 {
+        let _ = write!(
+            out,
+            ".{:0width$}",
+            (abs % 1_000_000) / unit,
+            width = fsp as usize
+        );
+    }
+    out.push('\'');
     Ok(())
 }
 
@@ -686,7 +732,27 @@ mod tests {
         assert!(lit(Value::Timestamp(far), stamp).is_err());
         let time = NaiveTime::from_hms_micro_opt(23, 59, 1, 500_000).unwrap();
         let tt = TargetType::from_catalog("time", "time(1)", None, None, None, Some(1));
-        assert_eq!(lit(Value::Time(time), tt).unwrap(), "'23:59:01.5'");
+        assert_eq!(lit(Value::Time(time), tt.clone()).unwrap(), "'23:59:01.5'");
+        let iv = |m: i64| Value::Interval(callosum_api::Interval::from_micros(m));
+        assert_eq!(
+            lit(iv(-3_723_500_000), tt.clone()).unwrap(),
+            "'-01:02:03.5'"
+        );
+        assert_eq!(
+            lit(iv(838 * 3_600_000_000), ty("time", "time")).unwrap(),
+            "'838:00:00'"
+        );
+        assert!(lit(iv(839 * 3_600_000_000), tt.clone()).is_err());
+        assert!(lit(iv(1), ty("time", "time")).is_err());
+        let zoned = chrono::DateTime::parse_from_rfc3339("2024-07-01T12:00:00+02:00").unwrap();
+        assert_eq!(
+            lit(Value::ZonedTimestamp(zoned), ty("datetime", "datetime")).unwrap(),
+            "'2024-07-01 12:00:00'"
+        );
+        assert_eq!(
+            lit(Value::ZonedTimestamp(zoned), ty("timestamp", "timestamp")).unwrap(),
+            "'2024-07-01 10:00:00'"
+        );
         assert!(lit(Value::Time(time), ty("time", "time")).is_err());
         assert_eq!(
             lit(

@@ -41,6 +41,9 @@ pub struct MySqlSourceConfig {
     /// What a zero date (`0000-00-00`, a zero month or day) decodes to: a
     /// conversion error (the default) or `Null` (outside the primary key).
     pub zero_dates: ZeroDates,
+    /// The zone of the store's `DATETIME` local times (`time_zone`);
+    /// `None` is UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 impl fmt::Debug for MySqlSourceConfig {
@@ -52,6 +55,7 @@ impl fmt::Debug for MySqlSourceConfig {
             .field("server_id", &self.server_id)
             .field("tables", &self.tables)
             .field("zero_dates", &self.zero_dates)
+            .field("time_zone", &self.time_zone)
             .finish()
     }
 }
@@ -357,7 +361,7 @@ impl MySqlSource {
             .get_binlog_stream(request)
             .await
             .map_err(fail("requesting the binlog"))?;
-        let state = StreamState::new(
+        let mut state = StreamState::new(
             &store,
             config.zero_dates,
             &config.tables,
@@ -366,6 +370,7 @@ impl MySqlSource {
             start_position,
             &file,
         );
+        state.set_time_zone(config.time_zone);
         let mut source = MySqlSource {
             config,
             span,
@@ -600,6 +605,7 @@ mod tests {
             server_id: 1,
             tables: vec![],
             zero_dates: ZeroDates::Error,
+            time_zone: None,
         };
         let text = format!("{c:?}");
         assert!(

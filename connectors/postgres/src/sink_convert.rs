@@ -18,18 +18,20 @@
 //! | `Decimal` | numeric (precision and scale checked; trailing fractional zeros are free), float4/float8, int2/int4/int8 (no fractional part), text types |
 //! | `Text` | text, varchar(n), bpchar(n) (length in characters), enum (the server checks the label), uuid (parsed), json/jsonb (validated) |
 //! | `Json` | json/jsonb (validated), text types |
-//! | `Bytes` | bytea, uuid (exactly 16 bytes) |
+//! | `Bytes` | bytea, uuid (exactly 16 bytes); never text types (refused, not written as `\x` hex) |
 //! | `Date` | date, timestamp/timestamptz (midnight, UTC), text types |
 //! | `Time` | time, text types |
 //! | `Timestamp` | timestamp, timestamptz (read as UTC), date (midnight only), text types |
 //! | `TimestampTz` | timestamptz, timestamp (its UTC wall-clock time), date (UTC midnight only), text types |
 //! | `Uuid` | uuid, text types |
+//! | `ZonedTimestamp` | timestamp (its local time), timestamptz (its instant), text types |
+//! | `Interval` | interval, text types (ISO 8601) |
 //!
 //! "Text types" are text, varchar(n) and bpchar(n): they take any scalar
 //! rendered canonically ([`render_text`]): `true`/`false`, decimal digits,
 //! the shortest round-tripping float (`NaN`, `Infinity`), ISO dates and
-//! times (`2024-02-29 13:05:07.00012`, timestamptz with `+00`), bytea as
-//! `\x` hex, UUIDs and JSON as they are.
+//! times (`2024-02-29 13:05:07.00012`, timestamptz with `+00`), UUIDs and
+//! JSON as they are.
 //!
 //! Fractional seconds beyond the column's declared precision are an error,
 //! not rounded; so are values outside PostgreSQL's range (dates before
@@ -82,6 +84,7 @@ pub enum PgType {
     Jsonb,
     /// A user-defined enum: the label's text; the server checks membership.
     Enum,
+    Interval,
     /// Anything else: every non-null value is a conversion error.
     Unsupported,
 }
@@ -138,6 +141,7 @@ impl PgType {
             "uuid" => PgType::Uuid,
             "json" => PgType::Json,
             "jsonb" => PgType::Jsonb,
+            "interval" => PgType::Interval,
             _ => PgType::Unsupported,
         }
     }
@@ -157,6 +161,8 @@ const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the targ
 const OUT_OF_RANGE: Reason = "out of range for the target type";
 const TOO_LONG: Reason = "too long for the target column";
 const NUL_IN_TEXT: Reason = "text holding a NUL character cannot be stored";
+const BINARY_INTO_TEXT: Reason =
+    "binary data cannot be written to a text column (make the target column bytea)";
 const FRACTIONAL_SECONDS: Reason = "has fractional seconds beyond the target column's precision";
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch (2000-01-01).
@@ -301,6 +307,22 @@ pub fn encode(
             put_timestamp(&ts.naive_utc(), *precision, out)?
         }
         (Value::Timestamp(ts), T::Date) => put_date_of(ts, out)?,
+        // A MariaDB DATETIME in its store's time_zone: the local time into a
+        // column without zone, the instant into a zoned one.
+        (Value::ZonedTimestamp(ts), T::Timestamp { precision }) => {
+            put_timestamp(&ts.naive_local(), *precision, out)?
+        }
+        (Value::ZonedTimestamp(ts), T::TimestampTz { precision }) => {
+            put_timestamp(&ts.naive_utc(), *precision, out)?
+        }
+        (Value::Interval(i), T::Interval) => {
+            out.put_i64(i.micros);
+            out.put_i32(i.days);
+            out.put_i32(i.months)
+        }
+        (Value::Bytes(_), T::Text | T::Varchar { .. } | T::Bpchar { .. }) => {
+            return Err(BINARY_INTO_TEXT)
+        }
         (Value::TimestampTz(ts), T::Date) => put_date_of(&ts.naive_utc(), out)?,
 
         (_, T::Text) => put_text(&render_text(v)?, out)?,
@@ -1022,7 +1044,48 @@ mod tests {
             ok(&Value::Bytes(vec![0, 0x27, 0xff]), &PgType::Bytea),
             vec![0, 0x27, 0xff]
         );
-        assert_eq!(ok(&Value::Bytes(vec![0, 0xff]), &PgType::Text), b"\\x00ff");
+        // Binary data is refused by text columns, not written as hex.
+        for ty in [
+            PgType::Text,
+            PgType::Varchar { max_chars: None },
+            PgType::Bpchar { max_chars: None },
+        ] {
+            assert_eq!(
+                enc(&Value::Bytes(vec![0, 0xff]), &ty),
+                Err(BINARY_INTO_TEXT)
+            );
+        }
+        // A zoned DATETIME: local time into timestamp, instant into timestamptz.
+        let zoned = chrono::DateTime::parse_from_rfc3339("2024-07-01T12:00:00+02:00").unwrap();
+        let local = NaiveDate::from_ymd_opt(2024, 7, 1)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        assert_eq!(
+            ok(
+                &Value::ZonedTimestamp(zoned),
+                &PgType::Timestamp { precision: 6 }
+            ),
+            ok(
+                &Value::Timestamp(local),
+                &PgType::Timestamp { precision: 6 }
+            )
+        );
+        assert_eq!(
+            ok(
+                &Value::ZonedTimestamp(zoned),
+                &PgType::TimestampTz { precision: 6 }
+            ),
+            ok(
+                &Value::Timestamp(local - chrono::Duration::hours(2)),
+                &PgType::TimestampTz { precision: 6 }
+            )
+        );
+        let iv = callosum_api::Interval::from_micros(-90_000_000);
+        assert_eq!(
+            ok(&Value::Interval(iv), &PgType::Interval),
+            [(-90_000_000i64).to_be_bytes().to_vec(), vec![0; 8]].concat()
+        );
         assert!(enc(&Value::Bytes(vec![1]), &PgType::Json).is_err());
     }
 
