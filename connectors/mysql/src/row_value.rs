@@ -13,17 +13,18 @@
 //! |---|---|---|
 //! | tinyint … bigint | `Int` (`UInt` when unsigned) | `tinyint` … `bigint`, `+ unsigned`; `tinyint(1)` when the catalog says so (the binlog cannot tell; it stays `Int` so the sink decides whether it is a boolean) |
 //! | decimal | `Decimal` (text with the column's scale) | `decimal` |
-//! | float, double | `Float` | `float`, `double` |
-//! | char, varchar, text | `Text` (utf8/utf8mb4; latin1 decoded) | `char`, `varchar`, `tinytext` … `longtext` |
+//! | float, double | `Float` (a float: the shortest text of its 32 bits) | `float`, `double` |
+//! | char, varchar, text | `Text`, by the column's charset ([`crate::charset`]); `Undecodable` when it cannot | `char`, `varchar`, `tinytext` … `longtext` |
 //! | binary, varbinary, blob, geometry | `Bytes` (binary(n) padded to n) | `binary`, `varbinary`, `tinyblob` … `longblob`, `geometry` |
 //! | date | `Date` | `date` |
-//! | time | `Time`; negative or ≥ 24 h: conversion error | `time` |
-//! | datetime | `Timestamp` | `datetime` |
+//! | time | `Time`; negative or ≥ 24 h: `Interval` | `time` |
+//! | datetime | `Timestamp`; `ZonedTimestamp` in a store with a `time_zone` | `datetime` |
 //! | timestamp | `TimestampTz` (UTC) | `timestamp` |
 //! | year | `Int` (`0` for the zero year) | `year` |
 //! | enum, set | `Text` of the label(s), set labels joined by `,` | `enum`, `set` |
 //! | bit | `UInt` | `bit` |
 //! | MariaDB json (longtext with a `json_valid` check) | `Json` | `json` |
+//! | MySQL 8 json (binary) | `Json` | `json` |
 //!
 //! Zero dates (`0000-00-00`, a zero month or day, a zero `timestamp`) are a
 //! conversion error, or `Null` outside the primary key with
@@ -31,7 +32,8 @@
 //! not say whether a column is nullable: a zero date in a `NOT NULL` column
 //! becomes `Null` all the same, and the target's `NOT NULL` constraint
 //! rejects it with its own error.
-//! MySQL's binary JSON type is not decoded yet (conversion error).
+//! MySQL 8's binary JSON is decoded by [`crate::jsonb`] (`Undecodable` when
+//! malformed).
 
 use callosum_api::{Interval, Value};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
@@ -708,6 +710,7 @@ fn decimal(r: &mut Reader<'_>, precision: usize, scale: usize) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Timelike;
     use proptest::prelude::*;
     use ColumnType::*;
 
@@ -1143,6 +1146,44 @@ mod tests {
             MYSQL_TYPE_GEOMETRY,
             MYSQL_TYPE_JSON,
         ])
+    }
+
+    proptest! {
+        /// A FLOAT arrives as the shortest text of its 32-bit value.
+        #[test]
+        fn floats_keep_their_shortest_text(bits in any::<u32>()) {
+            let f = f32::from_bits(bits);
+            prop_assume!(f.is_finite());
+            let Ok(Value::Float(v)) = one(&col(MYSQL_TYPE_FLOAT, &[4]), &bits.to_le_bytes()) else {
+                panic!("not a float")
+            };
+            prop_assert_eq!(v as f32, f);
+            prop_assert_eq!(v.to_string().parse::<f32>().unwrap().to_string(), f.to_string());
+        }
+
+        /// Every TIME2(6) MySQL can hold decodes to the same number of
+        /// microseconds: a time of day or a duration.
+        #[test]
+        fn times_keep_their_microseconds(micros in -3_020_399_999_999i64..=3_020_399_999_999) {
+            let abs = micros.unsigned_abs() as i64;
+            let secs = abs / 1_000_000;
+            let int_part = ((secs / 3600) << 12) | (((secs / 60) % 60) << 6) | (secs % 60);
+            let packed = (int_part << 24) + abs % 1_000_000;
+            let packed = if micros < 0 { -packed } else { packed };
+            let b = ((packed + 0x8000_0000_0000) as u64).to_be_bytes()[2..].to_vec();
+            let got = match one(&col(MYSQL_TYPE_TIME2, &[6]), &b).unwrap() {
+                Value::Time(t) => {
+                    i64::from(t.num_seconds_from_midnight()) * 1_000_000
+                        + i64::from(t.nanosecond() / 1000)
+                }
+                Value::Interval(i) => {
+                    prop_assert!(!(0..86_400_000_000).contains(&i.micros));
+                    i.micros
+                }
+                other => panic!("{other:?}"),
+            };
+            prop_assert_eq!(got, micros);
+        }
     }
 
     proptest! {

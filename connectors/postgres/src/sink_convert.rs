@@ -196,6 +196,12 @@ pub fn encode(
         (Value::Null, _) => return Ok(false),
         (Value::Unchanged, _) => return Err("an unchanged (unsent) value cannot be written"),
         (_, T::Unsupported) => return Err("the target type is not supported"),
+        (Value::Undecodable { .. }, _) => {
+            return Err(
+                "the source could not decode this value (an unsupported character set, \
+                        bytes invalid in the column's character set, or malformed JSON)",
+            )
+        }
 
         (Value::Bool(b), T::Bool) => out.put_u8(*b as u8),
         (Value::Bool(b), T::Int2 | T::Int4 | T::Int8 | T::Numeric { .. }) => {
