@@ -381,11 +381,9 @@ async fn mysql_source_values_land_in_target_types_on_every_path() {
 #[tokio::test]
 async fn text_columns_take_any_scalar_in_canonical_form() {
     let ddl = "CREATE TABLE texts (id bigint PRIMARY KEY, a text, b text, c text, d text, \
-               e varchar(40), f text, g text, h text, i text, j text, k bpchar(24), l text)";
+               e varchar(40), f text, g text, h text, i text, j text, k bpchar(24))";
     let (db, mut sink) = setup("pgsink_texts", ddl, &["texts"]).await;
-    let names = [
-        "id", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l",
-    ];
+    let names = ["id", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"];
     let types = [
         "int8",
         "bool",
@@ -399,7 +397,6 @@ async fn text_columns_take_any_scalar_in_canonical_form() {
         "uuid",
         "jsonb",
         "bigint unsigned",
-        "bytea",
     ];
     let sch = schema(
         "texts",
@@ -421,7 +418,6 @@ async fn text_columns_take_any_scalar_in_canonical_form() {
             Value::Uuid(UID.into()),
             Value::Json("[true]".into()),
             Value::UInt(u64::MAX),
-            Value::Bytes(vec![0xde, 0xad]),
         ]
     };
     for (n, strategy) in STRATEGIES.iter().enumerate() {
@@ -446,7 +442,6 @@ async fn text_columns_take_any_scalar_in_canonical_form() {
                 s(UID),
                 s("[true]"),
                 s("18446744073709551615"),
-                s("\\xdead"),
             ]
         );
     }
@@ -571,6 +566,10 @@ async fn values_the_column_cannot_hold_are_conversion_errors_naming_the_column()
     let mut fractional = ok.clone();
     fractional[0] = Value::Int(5);
     fractional[5] = order(5, "")[5].clone();
+    // Binary data is refused by a text column, never written as `\x` hex.
+    let mut binary = ok.clone();
+    binary[0] = Value::Int(7);
+    binary[4] = Value::Bytes(b"secret".to_vec());
     for strategy in STRATEGIES {
         sink.set_upsert_strategy(strategy);
         for (row, column, target_type, hidden) in [
@@ -578,6 +577,7 @@ async fn values_the_column_cannot_hold_are_conversion_errors_naming_the_column()
             (&out_of_range, "`customer_id`", "smallint", "4000012"),
             (&too_precise, "`amount`", "numeric(12,2)", "7777777"),
             (&fractional, "`updated_at`", "timestamp(0)", "13:05"),
+            (&binary, "`note`", "Bytes value", "736563726574"),
         ] {
             sink.begin(&pos(2)).await.unwrap();
             let err = sink.apply(&[insert(&sch, row.clone())]).await.unwrap_err();
