@@ -670,6 +670,7 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
             TableId::new("public", "orders"),
             TableId::new(&database, "orders"),
         )],
+        time_zone: None,
     })
     .await
     .unwrap();

@@ -48,6 +48,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSinkConfig {
             .iter()
             .map(|t| (TableId::new("public", *t), TableId::new(&db.database, *t)))
             .collect(),
+        time_zone: None,
     }
 }
 
@@ -187,6 +188,54 @@ async fn applies_rows_with_target_types() {
     assert_eq!(text(14), "0A1B2C3D4E5F60718293A4B5C6D7E8F9");
     assert_eq!(text(15), "it's");
     assert_eq!(ids(&mut db).await, vec![1, 2]);
+}
+
+/// A store with `time_zone = "Europe/Berlin"`: an instant lands in a
+/// DATETIME as Berlin's local time (summer and winter), in a TIMESTAMP as
+/// UTC; a zone-less timestamp lands as it is.
+#[tokio::test]
+async fn datetimes_of_a_zoned_store_hold_its_local_time() {
+    let mut db = fresh("sink_zone").await;
+    db.conn.query_drop(ORDERS_DDL).await.unwrap();
+    let mut zoned = config(&db, &["orders"]);
+    zoned.time_zone = Some(chrono_tz::Europe::Berlin);
+    let mut sink = MySqlSink::connect(zoned).await.unwrap();
+    let s = orders_schema();
+    let instant = |m: u32| chrono::Utc.with_ymd_and_hms(2024, m, 1, 10, 0, 0).unwrap();
+    let mut summer = key_only(&s, 1);
+    summer[5] = Value::TimestampTz(instant(7));
+    summer[12] = Value::TimestampTz(instant(7));
+    let mut winter = key_only(&s, 2);
+    winter[5] = Value::TimestampTz(instant(1));
+    let mut local = key_only(&s, 3);
+    local[5] = Value::Timestamp(instant(1).naive_utc());
+    sink.begin(&pos(10)).await.unwrap();
+    sink.apply(&[insert(&s, summer), insert(&s, winter), insert(&s, local)])
+        .await
+        .unwrap();
+    sink.commit().await.unwrap();
+    db.conn
+        .query_drop("SET time_zone = '+00:00'")
+        .await
+        .unwrap();
+    let rows: Vec<(i64, Option<String>, Option<String>)> = db
+        .conn
+        .query("SELECT id, CAST(updated_at AS CHAR), CAST(stamped AS CHAR) FROM orders ORDER BY id")
+        .await
+        .unwrap();
+    let text = |s: &str| Some(s.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            (
+                1,
+                text("2024-07-01 12:00:00.000000"),
+                text("2024-07-01 10:00:00.000000")
+            ),
+            (2, text("2024-01-01 11:00:00.000000"), None),
+            (3, text("2024-01-01 10:00:00.000000"), None),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -507,6 +507,7 @@ pub(crate) fn sink_config(
             password,
             pipeline: pipeline.name.clone(),
             tables,
+            time_zone: mysql.time_zone,
         }),
         StoreConfig::Postgres(pg) => SinkConfig::Postgres(PgSinkConfig {
             store: pipeline.to.clone(),

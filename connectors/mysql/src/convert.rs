@@ -49,6 +49,12 @@ pub enum TargetType {
     DateTime {
         fsp: u32,
     },
+    /// A datetime of a store with a `time_zone`: instants are written as
+    /// local times of `zone`.
+    ZonedDateTime {
+        fsp: u32,
+        zone: chrono_tz::Tz,
+    },
     Timestamp {
         fsp: u32,
     },
@@ -157,6 +163,11 @@ const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the targ
 /// | `Time` | time |
 /// | `Interval` | time (microseconds only, within ±838:59:59) |
 /// | `ZonedTimestamp` | datetime (its local time), timestamp (its instant) |
+///
+/// In a store with a `time_zone`, datetime columns are
+/// [`TargetType::ZonedDateTime`]: `TimestampTz` and `ZonedTimestamp` are
+/// written as the zone's local time of their instant; `Timestamp` and `Date`
+/// as they are.
 /// | `Timestamp`, `TimestampTz` (as UTC) | datetime, timestamp (range-checked), date (midnight only) |
 /// | `Uuid` | char(≥36)/varchar/text, binary(16), uuid |
 ///
@@ -261,6 +272,16 @@ pub fn write_literal(out: &mut String, v: &Value, ty: &TargetType) -> Result<(),
         }
         // A DATETIME of a store with a time_zone: its local time into a
         // datetime, its instant (UTC) into a timestamp.
+        (Value::Date(d), T::ZonedDateTime { fsp, .. }) => {
+            write_datetime(out, &d.and_time(NaiveTime::MIN), ty, *fsp)?
+        }
+        (Value::Timestamp(ts), T::ZonedDateTime { fsp, .. }) => write_datetime(out, ts, ty, *fsp)?,
+        (Value::TimestampTz(ts), T::ZonedDateTime { fsp, zone }) => {
+            write_datetime(out, &ts.with_timezone(zone).naive_local(), ty, *fsp)?
+        }
+        (Value::ZonedTimestamp(ts), T::ZonedDateTime { fsp, zone }) => {
+            write_datetime(out, &ts.with_timezone(zone).naive_local(), ty, *fsp)?
+        }
         (Value::ZonedTimestamp(ts), T::DateTime { fsp }) => {
             write_datetime(out, &ts.naive_local(), ty, *fsp)?
         }
@@ -752,6 +773,23 @@ mod tests {
         assert_eq!(
             lit(Value::ZonedTimestamp(zoned), ty("timestamp", "timestamp")).unwrap(),
             "'2024-07-01 10:00:00'"
+        );
+        let berlin = TargetType::ZonedDateTime {
+            fsp: 0,
+            zone: chrono_tz::Europe::Berlin,
+        };
+        let instant = Utc.with_ymd_and_hms(2024, 1, 15, 11, 0, 0).unwrap();
+        assert_eq!(
+            lit(Value::TimestampTz(instant), berlin.clone()).unwrap(),
+            "'2024-01-15 12:00:00'"
+        );
+        assert_eq!(
+            lit(Value::ZonedTimestamp(zoned), berlin.clone()).unwrap(),
+            "'2024-07-01 12:00:00'"
+        );
+        assert_eq!(
+            lit(Value::Timestamp(instant.naive_utc()), berlin).unwrap(),
+            "'2024-01-15 11:00:00'"
         );
         assert!(lit(Value::Time(time), ty("time", "time")).is_err());
         assert_eq!(

@@ -43,6 +43,9 @@ pub struct MySqlSinkConfig {
     pub pipeline: String,
     /// `(source table, target table)` pairs.
     pub tables: Vec<(TableId, TableId)>,
+    /// The store's `time_zone`: its datetime columns hold local times of
+    /// this zone; `None` is UTC.
+    pub time_zone: Option<chrono_tz::Tz>,
 }
 
 impl fmt::Debug for MySqlSinkConfig {
@@ -287,13 +290,20 @@ impl MySqlSink {
         }
         let mut tables = HashMap::new();
         for (source, target) in &config.tables {
-            let Some(table) = read_table(&mut conn, &store, target).await? else {
+            let Some(mut table) = read_table(&mut conn, &store, target).await? else {
                 return Err(ConnectorError::new(
                     ErrorKind::Schema,
                     format!("target table `{target}` does not exist in store `{store}`"),
                 )
                 .with_hint(format!("create `{target}` with the columns of `{source}`")));
             };
+            if let Some(zone) = config.time_zone {
+                for c in &mut table.columns {
+                    if let TargetType::DateTime { fsp } = c.ty {
+                        c.ty = TargetType::ZonedDateTime { fsp, zone };
+                    }
+                }
+            }
             if table.primary_key.is_empty() {
                 return Err(ConnectorError::new(
                     ErrorKind::Schema,
