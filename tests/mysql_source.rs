@@ -682,6 +682,25 @@ async fn check_lists_every_problem_with_its_fix() {
     assert_eq!(problems.len(), 2, "{text:#?}");
     assert!(text[0].contains("has no primary key"), "{text:#?}");
     assert!(text[1].contains("does not exist"), "{text:#?}");
+    // A character set Callosum does not decode, named with the fix.
+    db.conn
+        .query_drop(
+            "CREATE TABLE cyr (id INT PRIMARY KEY, name VARCHAR(10) CHARACTER SET cp1251, \
+             l VARCHAR(10) CHARACTER SET latin1, u VARCHAR(10) CHARACTER SET utf16)",
+        )
+        .await
+        .unwrap();
+    let problems = check_source(&config(&db, &["cyr"])).await.unwrap();
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{text:#?}");
+    assert!(
+        text[0].contains("`name`") && text[0].contains("cp1251"),
+        "{text:#?}"
+    );
+    assert!(
+        problems[0].fix.contains("CHARACTER SET utf8mb4"),
+        "{text:#?}"
+    );
 
     let server = MariaDbServer::start(&["--binlog-format=STATEMENT"]).expect("start");
     let db = fresh_on(&server, "src_check_stmt").await;

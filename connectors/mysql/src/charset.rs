@@ -90,6 +90,24 @@ impl Charset {
             })
     }
 
+    /// Whether a character set, by its name in `information_schema`, is
+    /// decoded.
+    pub fn is_supported_name(name: &str) -> bool {
+        matches!(
+            name,
+            "utf8mb4"
+                | "utf8mb3"
+                | "utf8"
+                | "latin1"
+                | "ascii"
+                | "ucs2"
+                | "utf16"
+                | "utf16le"
+                | "utf32"
+                | "binary"
+        )
+    }
+
     /// Whether the set is decoded.
     pub fn is_supported(&self) -> bool {
         !matches!(self, Charset::Unsupported(_))

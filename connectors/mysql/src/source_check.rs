@@ -111,6 +111,29 @@ pub async fn check_source(config: &MySqlSourceConfig) -> Result<Vec<CheckProblem
             ),
             Some(_) => {}
         }
+        let charsets: Vec<(String, String, String)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, CHARACTER_SET_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CHARACTER_SET_NAME IS NOT NULL \
+                 ORDER BY ORDINAL_POSITION",
+                (&table.namespace, &table.name),
+            )
+            .await
+            .map_err(|e| source_error(e, store, &format!("reading the columns of `{table}`")))?;
+        for (column, charset, column_type) in charsets {
+            if !crate::charset::Charset::is_supported_name(&charset) {
+                problem(
+                    format!(
+                        "column `{column}` of captured table `{table}` uses character set \
+                         {charset}, which Callosum does not decode: its values would be refused"
+                    ),
+                    format!(
+                        "ALTER TABLE `{}`.`{}` MODIFY `{column}` {column_type} CHARACTER SET utf8mb4;",
+                        table.namespace, table.name
+                    ),
+                );
+            }
+        }
         let may_select =
             grants.on_table("SELECT", table) || grants.on_table("ALL PRIVILEGES", table);
         if !may_select {
