@@ -41,6 +41,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSourceConfig {
             .collect(),
         zero_dates: ZeroDates::Error,
         time_zone: None,
+        echo_origins: callosum_api::EchoOrigins::default(),
     }
 }
 

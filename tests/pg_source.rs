@@ -30,6 +30,7 @@ fn config(db: &Db, tables: &[&str]) -> PgSourceConfig {
         slot: format!("s_{}", db.name),
         publication: "callosum_crm".into(),
         tables: tables.iter().map(|t| TableId::parse(t, "public")).collect(),
+        echo_origins: callosum_api::EchoOrigins::default(),
     }
 }
 

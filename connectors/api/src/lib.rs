@@ -27,6 +27,34 @@ use std::sync::Arc;
 /// pipeline with the source position of the last applied transaction.
 pub const CHECKPOINT_TABLE: &str = "callosum_checkpoint";
 
+/// The pipelines that write into a captured store whose own writes the store's
+/// source keeps instead of dropping as echo: checkpoint-row pipeline name →
+/// the pipeline's source store (the transaction's [`TransactionMeta::origin`]).
+/// A Callosum write of a pipeline not listed here is dropped whole, as every
+/// echo is between two stores.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EchoOrigins(std::collections::BTreeMap<String, String>);
+
+impl EchoOrigins {
+    pub fn new(pipelines: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(pipelines.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The origin store of a transaction that wrote the checkpoint row keyed
+    /// `checkpoint_key` (`<pipeline>`, or `<pipeline>/dead_letters` for a
+    /// dead-letter replay); `None`: drop the transaction as echo.
+    pub fn origin_of(&self, checkpoint_key: &str) -> Option<&str> {
+        let pipeline = checkpoint_key
+            .split_once('/')
+            .map_or(checkpoint_key, |(p, _)| p);
+        self.0.get(pipeline).map(String::as_str)
+    }
+}
+
 /// A table as its store names it: `schema.table` on PostgreSQL,
 /// `database.table` on MySQL/MariaDB.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -241,5 +269,18 @@ impl fmt::Display for CheckProblem {
             "[{}] {}\n    fix: {}",
             self.store, self.problem, self.fix
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_origins_name_the_pipelines_source_store_also_for_replays() {
+        let origins = EchoOrigins::new([("erp_to_crm".to_string(), "erp".to_string())]);
+        assert_eq!(origins.origin_of("erp_to_crm"), Some("erp"));
+        assert_eq!(origins.origin_of("erp_to_crm/dead_letters"), Some("erp"));
+        assert_eq!(origins.origin_of("crm_to_erp"), None);
     }
 }

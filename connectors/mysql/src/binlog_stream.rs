@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use callosum_api::{
-    ChangeEvent, ColumnSchema, ConnectorError, ErrorKind, Position, Row, RowChange, SourceMessage,
-    TableId, TableSchema, TransactionMeta, Value, CHECKPOINT_TABLE,
+    ChangeEvent, ColumnSchema, ConnectorError, EchoOrigins, ErrorKind, Position, Row, RowChange,
+    SourceMessage, TableId, TableSchema, TransactionMeta, Value, CHECKPOINT_TABLE,
 };
 use tracing::{debug, info};
 
@@ -140,6 +140,9 @@ struct Txn {
     /// Nothing more of it is yielded; it ends with `Discard`.
     discard: bool,
     changes: u64,
+    /// The store a Callosum-applied transaction came from (its checkpoint
+    /// row names a pipeline of [`StreamState::echo_origins`]).
+    origin: Option<String>,
 }
 
 /// Stream state of one binlog connection.
@@ -165,6 +168,9 @@ pub struct StreamState {
     out: VecDeque<SourceMessage>,
     /// The last position yielded (Commit, Discard, Progress) or resumed from.
     reported: Option<Position>,
+    /// Callosum's writes to keep, tagged with their origin, instead of
+    /// dropping them as echo.
+    echo_origins: EchoOrigins,
 }
 
 impl StreamState {
@@ -209,7 +215,13 @@ impl StreamState {
             txn: None,
             out,
             reported,
+            echo_origins: EchoOrigins::default(),
         }
+    }
+
+    /// Keeps Callosum's writes of these pipelines, with their origin store.
+    pub fn set_echo_origins(&mut self, echo_origins: EchoOrigins) {
+        self.echo_origins = echo_origins;
     }
 
     /// The next message to yield.
@@ -349,6 +361,7 @@ impl StreamState {
             prepared_xa: gtid.is_some_and(|g| g.prepared_xa),
             discard: held,
             changes: 0,
+            origin: None,
         });
         self.out.push_back(SourceMessage::Begin);
     }
@@ -387,7 +400,7 @@ impl StreamState {
                 position: position.clone(),
                 resume_position: position,
                 commit_time_micros: i64::from(header.timestamp) * 1_000_000,
-                origin: None,
+                origin: txn.origin,
             }));
         }
         Ok(())
@@ -508,8 +521,16 @@ impl StreamState {
             ));
         };
         if table.checkpoint {
+            let origin = self.checkpoint_origin(table, &rows);
             if let Some(t) = &mut self.txn {
-                t.discard = true;
+                match origin {
+                    Some(origin) if t.origin.is_none() => {
+                        debug!(origin = %origin, "transaction was applied by callosum: kept with its origin");
+                        t.origin = Some(origin);
+                    }
+                    Some(_) => {}
+                    None => t.discard = true,
+                }
             }
             return Ok(());
         }
@@ -560,6 +581,33 @@ impl StreamState {
             t.changes += n;
         }
         Ok(())
+    }
+
+    /// The origin store of a write to the checkpoint table when its row
+    /// names a pipeline of `echo_origins`; `None`: drop it as echo.
+    fn checkpoint_origin(&self, table: &TableState, rows: &RowsEvent) -> Option<String> {
+        if self.echo_origins.is_empty() {
+            return None;
+        }
+        let column = table.schema.column_index("pipeline")?;
+        // the first row image: the after image of a write, else the before
+        // image (the key is in it)
+        let present = match rows.kind {
+            RowsKind::Write => &rows.after,
+            RowsKind::Update | RowsKind::Delete => &rows.before,
+        };
+        let (image, _) = decode_image_with(
+            &table.columns,
+            present,
+            &rows.data,
+            self.zero_dates,
+            &[column],
+        )
+        .ok()?;
+        match image.get(column)? {
+            Some(Value::Text(key)) => self.echo_origins.origin_of(key).map(str::to_string),
+            _ => None,
+        }
     }
 
     fn image<'a>(

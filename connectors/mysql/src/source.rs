@@ -4,7 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use callosum_api::{ConnectorError, ErrorKind, Position, Source, SourceMessage, TableId};
+use callosum_api::{
+    ConnectorError, EchoOrigins, ErrorKind, Position, Source, SourceMessage, TableId,
+};
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, OptsBuilder, Row};
@@ -44,6 +46,10 @@ pub struct MySqlSourceConfig {
     /// The zone of the store's `DATETIME` local times (`time_zone`);
     /// `None` is UTC.
     pub time_zone: Option<chrono_tz::Tz>,
+    /// Callosum's own writes to this store that are kept, tagged with their
+    /// origin store, instead of dropped as echo (a store feeding several
+    /// pipelines); empty: every Callosum write is dropped.
+    pub echo_origins: EchoOrigins,
 }
 
 impl fmt::Debug for MySqlSourceConfig {
@@ -56,6 +62,7 @@ impl fmt::Debug for MySqlSourceConfig {
             .field("tables", &self.tables)
             .field("zero_dates", &self.zero_dates)
             .field("time_zone", &self.time_zone)
+            .field("echo_origins", &self.echo_origins)
             .finish()
     }
 }
@@ -371,6 +378,7 @@ impl MySqlSource {
             &file,
         );
         state.set_time_zone(config.time_zone);
+        state.set_echo_origins(config.echo_origins.clone());
         let mut source = MySqlSource {
             config,
             span,
@@ -606,6 +614,7 @@ mod tests {
             tables: vec![],
             zero_dates: ZeroDates::Error,
             time_zone: None,
+            echo_origins: EchoOrigins::default(),
         };
         let text = format!("{c:?}");
         assert!(

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use callosum_api::{
-    ConnectorError, ErrorKind, Lsn, Position, Source, SourceMessage, TableId, CHECKPOINT_TABLE,
+    ConnectorError, EchoOrigins, ErrorKind, Lsn, Position, Source, SourceMessage, TableId,
+    CHECKPOINT_TABLE,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -33,6 +34,10 @@ pub struct PgSourceConfig {
     pub publication: String,
     /// The captured tables (`schema.table`).
     pub tables: Vec<TableId>,
+    /// Callosum's own writes to this store that are kept, tagged with their
+    /// origin store, instead of dropped as echo (a store feeding several
+    /// pipelines); empty: every Callosum write is dropped.
+    pub echo_origins: EchoOrigins,
 }
 
 impl PgSourceConfig {
@@ -336,7 +341,8 @@ impl PgSource {
         info!(slot = %config.slot, publication = %config.publication, start = %start, "streaming started");
 
         let sql_task = guard.disarm();
-        let state = StreamState::new(&config.store, &config.tables, resume_from, start);
+        let mut state = StreamState::new(&config.store, &config.tables, resume_from, start);
+        state.set_echo_origins(config.echo_origins.clone());
         Ok(PgSource {
             config,
             span,

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use callosum_api::{
-    ChangeEvent, ColumnSchema, ConnectorError, ErrorKind, Lsn, Position, Row, RowChange,
-    SourceMessage, TableId, TableSchema, TransactionMeta, Value, CHECKPOINT_TABLE,
+    ChangeEvent, ColumnSchema, ConnectorError, EchoOrigins, ErrorKind, Lsn, Position, Row,
+    RowChange, SourceMessage, TableId, TableSchema, TransactionMeta, Value, CHECKPOINT_TABLE,
 };
 use tracing::{debug, info};
 
@@ -33,6 +33,9 @@ struct Txn {
     discard: bool,
     /// Changes yielded so far.
     changes: u64,
+    /// The store a Callosum-applied transaction came from (its checkpoint
+    /// row names a pipeline of [`StreamState::echo_origins`]).
+    origin: Option<String>,
 }
 
 /// Stream state of one replication session.
@@ -50,6 +53,9 @@ pub(crate) struct StreamState {
     /// `next` stays cancel-safe).
     pending_relation: Option<Relation>,
     progress_reported: Lsn,
+    /// Callosum's writes to keep, tagged with their origin, instead of
+    /// dropping them as echo.
+    echo_origins: EchoOrigins,
 }
 
 impl StreamState {
@@ -64,7 +70,13 @@ impl StreamState {
             out: VecDeque::new(),
             pending_relation: None,
             progress_reported: start,
+            echo_origins: EchoOrigins::default(),
         }
+    }
+
+    /// Keeps Callosum's writes of these pipelines, with their origin store.
+    pub fn set_echo_origins(&mut self, echo_origins: EchoOrigins) {
+        self.echo_origins = echo_origins;
     }
 
     /// The next message to yield.
@@ -180,6 +192,7 @@ impl StreamState {
                     final_lsn: b.final_lsn,
                     discard: already_held,
                     changes: 0,
+                    origin: None,
                 });
                 self.out.push_back(SourceMessage::Begin);
             }
@@ -203,7 +216,7 @@ impl StreamState {
                         position: Position::Pg(Lsn(c.commit_lsn)),
                         resume_position,
                         commit_time_micros: c.commit_time.saturating_add(PG_EPOCH_OFFSET_MICROS),
-                        origin: None,
+                        origin: txn.origin,
                     }));
                 }
             }
@@ -217,6 +230,7 @@ impl StreamState {
                 self.pending_relation = Some(r);
             }
             PgOutputMessage::Insert(i) => {
+                self.note_checkpoint_write(i.relation_id, &i.new);
                 if self.yields_change(i.relation_id)? {
                     let rel = self.relation(i.relation_id)?;
                     let row = self.convert_tuple(rel, i.new, None)?;
@@ -224,6 +238,7 @@ impl StreamState {
                 }
             }
             PgOutputMessage::Update(u) => {
+                self.note_checkpoint_write(u.relation_id, &u.new);
                 if self.yields_change(u.relation_id)? {
                     let rel = self.relation(u.relation_id)?;
                     let old = match u.old {
@@ -266,8 +281,33 @@ impl StreamState {
         })
     }
 
+    /// A write of the checkpoint row keyed by a pipeline of
+    /// `echo_origins`: the transaction is kept, tagged with its origin store
+    /// (instead of being discarded by [`Self::yields_change`]).
+    fn note_checkpoint_write(&mut self, id: u32, tuple: &Tuple) {
+        let Some(rel) = self.relations.get(&id).filter(|r| r.checkpoint) else {
+            return;
+        };
+        let key = rel
+            .schema
+            .column_index("pipeline")
+            .and_then(|i| tuple.get(i))
+            .and_then(|v| match v {
+                TupleValue::Text(bytes) => std::str::from_utf8(bytes).ok(),
+                _ => None,
+            });
+        let origin = key.and_then(|k| self.echo_origins.origin_of(k));
+        if let (Some(origin), Some(txn)) = (origin, self.txn.as_mut()) {
+            if txn.origin.is_none() {
+                debug!(origin = %origin, "transaction was applied by callosum: kept with its origin");
+            }
+            txn.origin = Some(origin.to_string());
+        }
+    }
+
     /// Whether a change to relation `id` is to be yielded; marks the
-    /// transaction discarded when the change is Callosum's own checkpoint.
+    /// transaction discarded when the change is Callosum's own checkpoint
+    /// (unless it carries an origin to keep).
     fn yields_change(&mut self, id: u32) -> Result<bool, ConnectorError> {
         let rel = self.relation(id)?;
         let (checkpoint, captured) = (rel.checkpoint, rel.captured);
@@ -277,6 +317,9 @@ impl StreamState {
                 "pgoutput sent a change outside a transaction",
             ));
         };
+        if checkpoint && txn.origin.is_some() {
+            return Ok(false);
+        }
         if checkpoint && !txn.discard {
             debug!(
                 "transaction writes the checkpoint table: discarding it as callosum's own write"
