@@ -918,6 +918,28 @@ impl fmt::Debug for MysqlStore {
     }
 }
 
+impl Config {
+    /// The pipelines writing into `store` whose writes its source keeps,
+    /// tagged with their origin (pipeline name → its source store), instead
+    /// of dropping them as echo: those that another pipeline reading
+    /// `store` sends on to a third store (design.md §3: ERP changes applied
+    /// to the CRM must still reach the warehouse). A write that every
+    /// reader of `store` would send back to where it came from is dropped
+    /// at the source, as between two stores.
+    pub fn echo_origins(&self, store: &str) -> Vec<(String, String)> {
+        self.pipelines
+            .iter()
+            .filter(|into| into.to == store)
+            .filter(|into| {
+                self.pipelines
+                    .iter()
+                    .any(|out| out.from == store && out.to != into.from)
+            })
+            .map(|into| (into.name.clone(), into.from.clone()))
+            .collect()
+    }
+}
+
 impl PipelineConfig {
     /// The source tables, bare names resolved in `from`'s default namespace.
     ///
@@ -995,6 +1017,25 @@ to = "erp"
 tables = ["public.accounts", "orders"]
 {extra}"#
         )
+    }
+
+    #[test]
+    fn echo_origins_keep_only_writes_that_go_on_to_a_third_store() {
+        let two = parse_only(&base(
+            "\n[[pipelines]]\nname = \"erp_to_crm\"\nfrom = \"erp\"\nto = \"crm\"\ntables = [\"stock\"]\n",
+        ));
+        assert!(two.echo_origins("crm").is_empty());
+        assert!(two.echo_origins("erp").is_empty());
+        let three = parse_only(&base(
+            "\n[[pipelines]]\nname = \"erp_to_crm\"\nfrom = \"erp\"\nto = \"crm\"\ntables = [\"stock\"]\n\
+             \n[[pipelines]]\nname = \"crm_to_wh\"\nfrom = \"crm\"\nto = \"wh\"\ntables = [\"stock\"]\n",
+        ));
+        assert_eq!(
+            three.echo_origins("crm"),
+            vec![("erp_to_crm".to_string(), "erp".to_string())]
+        );
+        // every reader of the erp sends to the crm, where its writes came from
+        assert!(three.echo_origins("erp").is_empty());
     }
 
     /// Parses without validating.

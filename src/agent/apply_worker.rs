@@ -13,7 +13,7 @@ use crate::dead_letter::{
     self, DeadLetterCommand, DeadLetterQueue, DiscardSelection, QueueSize, ReplayReport,
 };
 use crate::http::{AgentStatus, PipelineState};
-use crate::log::{ChangeLog, DeadLetter, DeadLetters, Pending};
+use crate::log::{ChangeLog, DeadLetter, DeadLetters, Pending, PipelineFilter};
 use crate::metrics::PipelineMetrics;
 use crate::retry::RetryPolicy;
 
@@ -282,6 +282,16 @@ impl ApplyWorker {
             .connect()
             .await?;
         let mut reader = self.log.reader(&self.pipeline.from, &self.pipeline.name)?;
+        // the store's log holds every pipeline's tables, and what Callosum
+        // applied into the store from this pipeline's own target
+        reader.set_filter(PipelineFilter {
+            tables: self
+                .pipeline
+                .source_tables(&self.from)
+                .into_iter()
+                .collect(),
+            skip_origin: Some(self.pipeline.to.clone()),
+        });
         retry.reset();
         self.status
             .set_state(&self.pipeline.name, PipelineState::Streaming, None);

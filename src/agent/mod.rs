@@ -7,7 +7,9 @@ mod apply_worker;
 use apply_worker::ApplyWorker;
 
 use anyhow::Context;
-use callosum_api::{ConnectorError, ErrorClass, Position, Sink, Source, SourceMessage, TableId};
+use callosum_api::{
+    ConnectorError, EchoOrigins, ErrorClass, Position, Sink, Source, SourceMessage, TableId,
+};
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
 use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
 use std::collections::{BTreeMap, BTreeSet};
@@ -174,6 +176,7 @@ impl Agent {
                 config: config.stores[store_name].clone(),
                 tables: tables.iter().cloned().collect(),
                 echo_targets,
+                echo_origins: EchoOrigins::new(config.echo_origins(store_name)),
                 pipelines: readers_by_store[store_name].clone(),
                 metrics: metrics.store(store_name),
                 status: status.clone(),
@@ -476,6 +479,7 @@ pub(crate) fn source_config(
             slot: pg.slot_name(name),
             publication: pg.publication_name(name),
             tables,
+            echo_origins: EchoOrigins::default(),
         }),
         StoreConfig::Mysql(mysql) => SourceConfig::Mysql(MySqlSourceConfig {
             store: name.to_string(),
@@ -488,6 +492,7 @@ pub(crate) fn source_config(
                 crate::config::ZeroDates::Null => callosum_mysql::ZeroDates::Null,
             },
             time_zone: mysql.time_zone,
+            echo_origins: EchoOrigins::default(),
         }),
     })
 }
@@ -525,6 +530,8 @@ struct CaptureWorker {
     tables: Vec<TableId>,
     /// Sinks of pipelines that write into this store.
     echo_targets: Vec<SinkConfig>,
+    /// Which of their writes the source keeps, with their origin store.
+    echo_origins: EchoOrigins,
     pipelines: Vec<String>,
     metrics: StoreMetrics,
     status: Arc<AgentStatus>,
@@ -603,7 +610,11 @@ impl CaptureWorker {
         shutdown: &mut watch::Receiver<bool>,
         retry: &mut RetryPolicy,
     ) -> Result<(), ConnectorError> {
-        let config = source_config(&self.store, &self.config, self.tables.clone())?;
+        let mut config = source_config(&self.store, &self.config, self.tables.clone())?;
+        match &mut config {
+            SourceConfig::Postgres(c) => c.echo_origins = self.echo_origins.clone(),
+            SourceConfig::Mysql(c) => c.echo_origins = self.echo_origins.clone(),
+        }
         // a store that is also a target: its checkpoint table must exist
         // before the publication is made, or Callosum's own writes to it
         // would be captured and sent back

@@ -2,14 +2,19 @@
 //! value starts with a format-version byte so the format can change without
 //! misreading old data.
 
-use callosum_api::{ChangeEvent, Position, RowChange, TableSchema};
+use callosum_api::{ChangeEvent, Position, RowChange, TableId, TableSchema};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::LogError;
 
-/// Version byte of every value this module writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version byte of every value this module writes. Version 2 added
+/// [`TxnRecord::origin`] and [`TxnRecord::tables`]; version 1 values are
+/// still read (every other value is the same in both).
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The first format: transaction records without origin and tables.
+const FORMAT_VERSION_1: u8 = 1;
 
 /// A record batch: many events in one sled value. Table schemas are stored
 /// once per batch and shared by the decoded events.
@@ -34,6 +39,55 @@ pub struct TxnRecord {
     pub events: u64,
     /// Events committed to this log up to and including this transaction.
     pub cumulative_events: u64,
+    /// The store a Callosum-applied transaction came from
+    /// ([`callosum_api::TransactionMeta::origin`]).
+    pub origin: Option<String>,
+    /// Events per table, in the order tables first appear; `None` for a
+    /// record of format version 1 (unknown without reading the events).
+    pub tables: Option<Vec<(TableId, u64)>>,
+    /// Not stored. `Some(n)`: a pipeline's reader narrowed `events` to the
+    /// pipeline's own tables, and `n` is how many events the log holds for
+    /// the transaction (see `LogReader::set_filter`).
+    #[serde(skip)]
+    pub stored_events: Option<u64>,
+}
+
+/// A [`TxnRecord`] as format version 1 stored it.
+#[derive(Deserialize)]
+struct TxnRecordV1 {
+    position: Position,
+    resume_position: Position,
+    commit_time_micros: i64,
+    first_batch: u64,
+    first_index: u32,
+    last_batch: u64,
+    events: u64,
+    cumulative_events: u64,
+}
+
+/// Decodes a transaction index entry of either format version.
+pub fn decode_txn(bytes: &[u8]) -> Result<TxnRecord, LogError> {
+    const WHAT: &str = "transaction record";
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION_1, rest)) => {
+            let v1: TxnRecordV1 =
+                bincode::deserialize(rest).map_err(|_| LogError::Corrupt(WHAT))?;
+            Ok(TxnRecord {
+                position: v1.position,
+                resume_position: v1.resume_position,
+                commit_time_micros: v1.commit_time_micros,
+                first_batch: v1.first_batch,
+                first_index: v1.first_index,
+                last_batch: v1.last_batch,
+                events: v1.events,
+                cumulative_events: v1.cumulative_events,
+                origin: None,
+                tables: None,
+                stored_events: None,
+            })
+        }
+        _ => decode(bytes, WHAT),
+    }
 }
 
 /// The writer's durable state, written at every flush.
@@ -102,7 +156,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     what: &'static str,
 ) -> Result<T, LogError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
+        Some((&(FORMAT_VERSION | FORMAT_VERSION_1), rest)) => {
             bincode::deserialize(rest).map_err(|_| LogError::Corrupt(what))
         }
         Some((&version, _)) => Err(LogError::UnsupportedFormat { what, version }),
@@ -143,6 +197,49 @@ mod tests {
         let decoded = decode_batch(&bytes).unwrap();
         assert_eq!(decoded, events);
         assert!(Arc::ptr_eq(&decoded[0].schema, &decoded[2].schema));
+    }
+
+    #[test]
+    fn transaction_records_of_format_1_are_read() {
+        #[derive(Serialize)]
+        struct V1 {
+            position: Position,
+            resume_position: Position,
+            commit_time_micros: i64,
+            first_batch: u64,
+            first_index: u32,
+            last_batch: u64,
+            events: u64,
+            cumulative_events: u64,
+        }
+        let position = Position::Pg(callosum_api::Lsn(42));
+        let mut bytes = vec![1u8];
+        bincode::serialize_into(
+            &mut bytes,
+            &V1 {
+                position: position.clone(),
+                resume_position: position.clone(),
+                commit_time_micros: 7,
+                first_batch: 3,
+                first_index: 4,
+                last_batch: 5,
+                events: 6,
+                cumulative_events: 8,
+            },
+        )
+        .unwrap();
+        let txn = decode_txn(&bytes).unwrap();
+        assert_eq!(
+            (txn.first_batch, txn.events, txn.cumulative_events),
+            (3, 6, 8)
+        );
+        assert_eq!((txn.origin, txn.tables), (None, None));
+        let new = TxnRecord {
+            origin: Some("erp".into()),
+            tables: Some(vec![(TableId::new("public", "stock"), 6)]),
+            ..decode_txn(&bytes).unwrap()
+        };
+        assert_eq!(decode_txn(&encode(&new).unwrap()).unwrap(), new);
     }
 
     #[test]

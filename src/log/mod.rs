@@ -26,7 +26,7 @@ mod writer;
 
 pub use codec::TxnRecord;
 pub use dead_letters::{DeadLetter, DeadLetterReason, DeadLetters};
-pub use reader::{LogReader, Pending};
+pub use reader::{LogReader, Pending, PipelineFilter};
 pub use writer::LogWriter;
 
 use callosum_api::{ConnectorError, ErrorKind, Position};
@@ -275,7 +275,7 @@ fn truncate_through(store: &StoreLog, through: u64) -> Result<u64, LogError> {
     let mut txn_batch = sled::Batch::default();
     for entry in store.txns.range(..=seq_key(through)) {
         let (key, value) = entry?;
-        last_removed = Some(codec::decode(&value, "transaction record")?);
+        last_removed = Some(codec::decode_txn(&value)?);
         txn_batch.remove(key);
         removed += 1;
     }
@@ -286,7 +286,7 @@ fn truncate_through(store: &StoreLog, through: u64) -> Result<u64, LogError> {
     let keep_from = match store.txns.range(seq_key(through + 1)..).next() {
         Some(entry) => {
             let (_, value) = entry?;
-            codec::decode::<TxnRecord>(&value, "transaction record")?.first_batch
+            codec::decode_txn(&value)?.first_batch
         }
         None => last_removed.last_batch + 1,
     };

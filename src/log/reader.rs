@@ -1,7 +1,8 @@
 //! A pipeline's read cursor over one source store's log.
 
-use callosum_api::{ChangeEvent, Position};
+use callosum_api::{ChangeEvent, Position, TableId};
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -17,6 +18,34 @@ pub struct Pending {
     pub oldest_commit_micros: Option<i64>,
 }
 
+/// Most transactions in one batch: transactions of other pipelines' tables
+/// count no events, and a batch of them must still end.
+const MAX_BATCH_TRANSACTIONS: usize = 10_000;
+
+/// What of a store's log belongs to one pipeline: the store's log holds the
+/// tables of every pipeline reading it, and the transactions Callosum
+/// applied into the store from each pipeline's own target.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineFilter {
+    /// The pipeline's source tables.
+    pub tables: HashSet<TableId>,
+    /// Transactions that came from this store (the pipeline's target) are
+    /// skipped whole: no echo.
+    pub skip_origin: Option<String>,
+}
+
+/// Where a filtered read of one transaction stopped, so that reading its
+/// next chunk does not scan it from the start again.
+#[derive(Clone, Copy, Debug)]
+struct FilteredCursor {
+    first_batch: u64,
+    first_index: u32,
+    /// Events of the pipeline's tables passed so far.
+    passed: u64,
+    /// Stored events scanned so far.
+    scanned: u64,
+}
+
 /// Reads committed transactions in order for one pipeline.
 ///
 /// The reader only sees durable transactions. Its position is set from the
@@ -30,6 +59,8 @@ pub struct LogReader {
     durable: watch::Receiver<u64>,
     cached_batch: Option<(u64, Arc<Vec<ChangeEvent>>)>,
     applied_cumulative: Option<u64>,
+    filter: Option<Arc<PipelineFilter>>,
+    filtered_cursor: Option<FilteredCursor>,
 }
 
 impl std::fmt::Debug for LogReader {
@@ -52,7 +83,83 @@ impl LogReader {
             durable,
             cached_batch: None,
             applied_cumulative: None,
+            filter: None,
+            filtered_cursor: None,
         }
+    }
+
+    /// Reads only what belongs to the pipeline: [`Self::peek_transactions`]
+    /// narrows each transaction's `events` to the pipeline's tables (zero
+    /// for a transaction of other tables only, or one that came from
+    /// `skip_origin`), and [`Self::read_events`] reads only those. Such
+    /// transactions still pass through the apply loop, so the pipeline's
+    /// checkpoint moves past them.
+    pub fn set_filter(&mut self, filter: PipelineFilter) {
+        self.filter = Some(Arc::new(filter));
+    }
+
+    /// `txn` as the pipeline sees it (see [`Self::set_filter`]).
+    fn narrow(&self, mut txn: TxnRecord) -> Result<TxnRecord, LogError> {
+        let Some(filter) = &self.filter else {
+            return Ok(txn);
+        };
+        let wanted = if txn.origin.is_some() && txn.origin == filter.skip_origin {
+            0
+        } else {
+            match &txn.tables {
+                Some(tables) => tables
+                    .iter()
+                    .filter(|(t, _)| filter.tables.contains(t))
+                    .map(|(_, n)| n)
+                    .sum(),
+                // format version 1: count them
+                None => {
+                    let mut n = 0;
+                    self.scan(&txn, 0, |event| {
+                        n += u64::from(filter.tables.contains(&event.schema.table));
+                        true
+                    })?;
+                    n
+                }
+            }
+        };
+        if wanted != txn.events {
+            txn.stored_events = Some(txn.events);
+            txn.events = wanted;
+        }
+        Ok(txn)
+    }
+
+    /// Calls `f` on the stored events of `txn` from the `from`th on, until
+    /// it returns false or the transaction ends; returns how many it saw.
+    fn scan(
+        &self,
+        txn: &TxnRecord,
+        from: u64,
+        mut f: impl FnMut(&ChangeEvent) -> bool,
+    ) -> Result<u64, LogError> {
+        let stored = txn.stored_events.unwrap_or(txn.events);
+        let mut to_skip = txn.first_index as u64 + from;
+        let mut seen = 0u64;
+        let mut batch_key = txn.first_batch;
+        while from + seen < stored {
+            let batch = self.load_batch(batch_key)?;
+            let len = batch.len() as u64;
+            if to_skip >= len {
+                to_skip -= len;
+            } else {
+                let n = (len - to_skip).min(stored - from - seen) as usize;
+                for event in &batch[to_skip as usize..to_skip as usize + n] {
+                    seen += 1;
+                    if !f(event) {
+                        return Ok(seen);
+                    }
+                }
+                to_skip = 0;
+            }
+            batch_key += 1;
+        }
+        Ok(seen)
     }
 
     /// Positions the reader on the first transaction after `checkpoint` (the
@@ -88,7 +195,7 @@ impl LogReader {
         };
         for entry in self.store.txns.range(seq_key(start)..) {
             let (key, value) = entry?;
-            let txn: TxnRecord = codec::decode(&value, "transaction record")?;
+            let txn: TxnRecord = codec::decode_txn(&value)?;
             match txn.position.partial_cmp(checkpoint) {
                 Some(Ordering::Greater) => break,
                 Some(_) => {
@@ -131,13 +238,13 @@ impl LogReader {
             .range(seq_key(self.next_seq)..seq_key(durable))
         {
             let (key, value) = entry?;
-            let txn: TxnRecord = codec::decode(&value, "transaction record")?;
+            let txn = self.narrow(codec::decode_txn(&value)?)?;
             if !out.is_empty() && events + txn.events > max_events {
                 break;
             }
             events += txn.events;
             out.push((key_seq(&key)?, txn));
-            if events >= max_events {
+            if events >= max_events || out.len() >= MAX_BATCH_TRANSACTIONS {
                 break;
             }
         }
@@ -153,6 +260,9 @@ impl LogReader {
         limit: u64,
         out: &mut Vec<ChangeEvent>,
     ) -> Result<(), LogError> {
+        if txn.stored_events.is_some() {
+            return self.read_filtered(txn, skip, limit, out);
+        }
         let wanted = txn.events.saturating_sub(skip).min(limit);
         let mut to_skip = txn.first_index as u64 + skip;
         let mut taken = 0u64;
@@ -174,7 +284,65 @@ impl LogReader {
         Ok(())
     }
 
+    /// [`Self::read_events`] of a transaction narrowed to the pipeline's
+    /// tables: `skip` and `limit` count the pipeline's events only.
+    fn read_filtered(
+        &mut self,
+        txn: &TxnRecord,
+        skip: u64,
+        limit: u64,
+        out: &mut Vec<ChangeEvent>,
+    ) -> Result<(), LogError> {
+        let wanted = txn.events.saturating_sub(skip).min(limit);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let Some(filter) = self.filter.clone() else {
+            return Err(LogError::Corrupt("a narrowed transaction without a filter"));
+        };
+        let mut cursor = match self.filtered_cursor {
+            Some(c)
+                if c.first_batch == txn.first_batch
+                    && c.first_index == txn.first_index
+                    && c.passed <= skip =>
+            {
+                c
+            }
+            _ => FilteredCursor {
+                first_batch: txn.first_batch,
+                first_index: txn.first_index,
+                passed: 0,
+                scanned: 0,
+            },
+        };
+        let mut taken = 0u64;
+        let scanned = self.scan(txn, cursor.scanned, |event| {
+            if filter.tables.contains(&event.schema.table) {
+                if cursor.passed >= skip {
+                    out.push(event.clone());
+                    taken += 1;
+                }
+                cursor.passed += 1;
+            }
+            taken < wanted
+        })?;
+        cursor.scanned += scanned;
+        self.filtered_cursor = Some(cursor);
+        Ok(())
+    }
+
     fn batch(&mut self, key: u64) -> Result<Arc<Vec<ChangeEvent>>, LogError> {
+        if let Some((cached, batch)) = &self.cached_batch {
+            if *cached == key {
+                return Ok(batch.clone());
+            }
+        }
+        let batch = self.load_batch(key)?;
+        self.cached_batch = Some((key, batch.clone()));
+        Ok(batch)
+    }
+
+    fn load_batch(&self, key: u64) -> Result<Arc<Vec<ChangeEvent>>, LogError> {
         if let Some((cached, batch)) = &self.cached_batch {
             if *cached == key {
                 return Ok(batch.clone());
@@ -187,9 +355,7 @@ impl LogReader {
             .ok_or(LogError::Corrupt(
                 "a transaction refers to a missing record batch",
             ))?;
-        let batch = Arc::new(codec::decode_batch(&bytes)?);
-        self.cached_batch = Some((key, batch.clone()));
-        Ok(batch)
+        Ok(Arc::new(codec::decode_batch(&bytes)?))
     }
 
     /// Moves the cursor past transaction `seq` (applied and committed in the
@@ -214,8 +380,8 @@ impl LogReader {
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(Pending::default());
         };
-        let first: TxnRecord = codec::decode(&first?.1, "transaction record")?;
-        let last: TxnRecord = codec::decode(&last?.1, "transaction record")?;
+        let first: TxnRecord = codec::decode_txn(&first?.1)?;
+        let last: TxnRecord = codec::decode_txn(&last?.1)?;
         Ok(Pending {
             transactions: durable - self.next_seq,
             events: last.cumulative_events - (first.cumulative_events - first.events),
@@ -239,6 +405,7 @@ impl LogReader {
     pub fn fork(&self) -> LogReader {
         let mut reader = LogReader::new(self.store.clone(), &self.pipeline);
         reader.next_seq = self.next_seq;
+        reader.filter = self.filter.clone();
         reader
     }
 }

@@ -331,3 +331,76 @@ async fn dead_letters_outlive_truncation_and_restarts_in_order() {
         .unwrap();
     assert_eq!(third.id, 3);
 }
+
+#[tokio::test]
+async fn a_filtered_reader_sees_only_its_tables_and_skips_its_targets_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let orders = schema();
+    let stock = Arc::new(TableSchema {
+        table: TableId::new("public", "stock"),
+        ..(*orders).clone()
+    });
+    let mut writer = log.writer("crm").unwrap();
+    // mixed, then other tables only, then one that came from the erp
+    writer.begin();
+    for id in 0..5 {
+        writer.append(event(&orders, id)).unwrap();
+        writer.append(event(&stock, 100 + id)).unwrap();
+    }
+    writer.commit(meta(10)).unwrap();
+    write_txn(&mut writer, &orders, 20, 5..8);
+    writer.begin();
+    writer.append(event(&stock, 200)).unwrap();
+    writer
+        .commit(TransactionMeta {
+            origin: Some("erp".into()),
+            ..meta(30)
+        })
+        .unwrap();
+    write_txn(&mut writer, &stock, 40, 300..302);
+    writer.flush().await.unwrap();
+
+    let mut to_erp = log.reader("crm", "to_erp").unwrap();
+    to_erp.seek_after(None).unwrap();
+    to_erp.set_filter(PipelineFilter {
+        tables: [TableId::new("public", "stock")].into_iter().collect(),
+        skip_origin: Some("erp".into()),
+    });
+    // every transaction passes, so the checkpoint moves past them all
+    assert_eq!(
+        read_all(&mut to_erp),
+        vec![
+            (Position::Pg(Lsn(10)), vec![100, 101, 102, 103, 104]),
+            (Position::Pg(Lsn(20)), vec![]),
+            (Position::Pg(Lsn(30)), vec![]),
+            (Position::Pg(Lsn(40)), vec![300, 301]),
+        ]
+    );
+    // chunks of a narrowed transaction count the pipeline's events only
+    to_erp.seek_after(None).unwrap();
+    let (_, first) = to_erp.peek_transactions(1).unwrap().remove(0);
+    assert_eq!((first.events, first.stored_events), (5, Some(10)));
+    let mut chunks = Vec::new();
+    for skip in [0, 2, 4] {
+        let mut events = Vec::new();
+        to_erp.read_events(&first, skip, 2, &mut events).unwrap();
+        chunks.push(ids_of(&events));
+    }
+    assert_eq!(chunks, vec![vec![100, 101], vec![102, 103], vec![104]]);
+
+    let mut to_warehouse = log.reader("crm", "to_warehouse").unwrap();
+    to_warehouse.seek_after(None).unwrap();
+    to_warehouse.set_filter(PipelineFilter {
+        tables: [
+            TableId::new("public", "stock"),
+            TableId::new("public", "orders"),
+        ]
+        .into_iter()
+        .collect(),
+        skip_origin: Some("warehouse".into()),
+    });
+    let all = read_all(&mut to_warehouse);
+    assert_eq!(all[0].1.len(), 10);
+    assert_eq!(all[2], (Position::Pg(Lsn(30)), vec![200]));
+}

@@ -1,6 +1,6 @@
 //! The single writer of one source store's log.
 
-use callosum_api::{ChangeEvent, Position, TransactionMeta};
+use callosum_api::{ChangeEvent, Position, TableId, TransactionMeta};
 use std::sync::Arc;
 
 use super::codec::{self, Head, TxnRecord};
@@ -35,6 +35,8 @@ struct OpenTxn {
     first_batch: u64,
     first_index: u32,
     events: u64,
+    /// Events per table ([`TxnRecord::tables`]).
+    tables: Vec<(TableId, u64)>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -100,6 +102,7 @@ impl LogWriter {
             first_batch: self.head.next_batch_key,
             first_index: self.batch.len() as u32,
             events: 0,
+            tables: Vec::new(),
         });
     }
 
@@ -112,6 +115,12 @@ impl LogWriter {
             .as_mut()
             .ok_or(LogError::Corrupt("change outside a transaction"))?;
         open.events += 1;
+        let table = &event.schema.table;
+        // most transactions change one table, or a few in runs
+        match open.tables.iter_mut().rev().find(|(t, _)| t == table) {
+            Some((_, n)) => *n += 1,
+            None => open.tables.push((table.clone(), 1)),
+        }
         self.batch.push(event);
         if self.batch.len() >= EVENTS_PER_BATCH {
             self.write_batch()?;
@@ -147,6 +156,9 @@ impl LogWriter {
             },
             events: open.events,
             cumulative_events: cumulative,
+            origin: meta.origin,
+            tables: Some(open.tables),
+            stored_events: None,
         });
         self.progress = None;
         Ok(())
