@@ -44,6 +44,12 @@
 //! refused by the target as a constraint error, never applied to the wrong
 //! row.
 //!
+//! Schema barrier: when a table's schema changes within the batch (an
+//! `ALTER TABLE` between two of its changes), its pending changes are
+//! emitted first; changes written under different schemas are never merged
+//! into one net effect, and every step carries the schema its rows were
+//! written under, so a sink maps each by its own column list.
+//!
 //! Tables are independent of each other: steps of different tables may be
 //! interleaved in any order (sinks disable foreign-key checks for the batch).
 
@@ -455,6 +461,12 @@ impl<'a> Planner<'a> {
         let t = self.table(&schema.table);
         let state = &mut self.tables[t];
         if !state.unique_schema.is_some_and(|u| same_schema(u, schema)) {
+            // Schema barrier: changes written under another schema of the
+            // table (an `ALTER TABLE` in between) are never merged with
+            // these into one net effect; each run keeps its own schema.
+            if state.unique_schema.is_some() {
+                state.flush(&mut self.steps);
+            }
             state.unique = unique_keys(schema);
             state.unique.retain(|k| !k.is_empty());
             state.unique_schema = Some(schema);
@@ -815,6 +827,61 @@ mod tests {
         assert!(matches!(steps[0], Step::Delete { .. }));
         assert!(matches!(steps[1], Step::UpdateKey { .. }));
         assert!(matches!(steps[2], Step::Upsert { .. }));
+    }
+
+    #[test]
+    fn a_schema_change_ends_the_run() {
+        let old = schema("t");
+        // ALTER TABLE t DROP COLUMN a
+        let mut columns = old.columns.clone();
+        columns.remove(2);
+        let new = Arc::new(TableSchema {
+            table: old.table.clone(),
+            columns,
+        });
+        let new_row = |k: i64, b: i64| vec![Value::Int(k), Value::Int(0), Value::Int(b)];
+        let events = vec![
+            ev(
+                &old,
+                RowChange::Insert {
+                    row: row(1, Value::Int(10), Value::Int(20)),
+                },
+            ),
+            ev(
+                &old,
+                RowChange::Insert {
+                    row: row(2, Value::Int(11), Value::Int(21)),
+                },
+            ),
+            ev(
+                &new,
+                RowChange::Update {
+                    old_key: None,
+                    row: new_row(1, 30),
+                },
+            ),
+            ev(&new, RowChange::Delete { key: new_row(2, 0) }),
+        ];
+        let steps = plan(&events);
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        match &steps[0] {
+            Step::Upsert { schema, rows, .. } => {
+                assert!(Arc::ptr_eq(schema, &old));
+                assert_eq!(rows.len(), 2);
+                assert_eq!(rows[0].len(), 4);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            matches!(&steps[1], Step::Delete { schema, keys } if Arc::ptr_eq(schema, &new) && keys.len() == 1)
+        );
+        match &steps[2] {
+            Step::Upsert { schema, rows, .. } => {
+                assert!(Arc::ptr_eq(schema, &new));
+                assert_eq!(rows[0].as_ref(), new_row(1, 30).as_slice());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use crate::convert::{write_literal, write_quoted, TargetType};
 use crate::error::classify;
 use crate::keys;
-use callosum_api::batch::{plan_with, same_schema, unique_key_positions, Step};
-use callosum_api::mapping::{ColumnMap, Mismatch};
+use callosum_api::batch::{plan_with, unique_key_positions, Step};
+use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
     CHECKPOINT_TABLE,
@@ -249,7 +249,8 @@ pub struct MySqlSink {
     database: String,
     /// Target table per source table.
     tables: HashMap<TableId, TargetTable>,
-    maps: HashMap<TableId, ColumnMap>,
+    /// Column maps per source schema (a batch may span an `ALTER TABLE`).
+    maps: ColumnMaps,
     /// Reused statement buffer.
     sql: String,
     in_transaction: bool,
@@ -321,7 +322,7 @@ impl MySqlSink {
             conn,
             database,
             tables,
-            maps: HashMap::new(),
+            maps: ColumnMaps::default(),
             sql: String::with_capacity(64 * 1024),
             in_transaction: false,
         })
@@ -348,14 +349,73 @@ impl MySqlSink {
         }
     }
 
-    /// Ensures a column map for `schema` and returns its source table.
-    fn map_for(&mut self, schema: &Arc<TableSchema>) -> Result<(), ConnectorError> {
-        let source = &schema.table;
-        if let Some(map) = self.maps.get(source) {
-            if same_schema(&map.schema, schema) {
-                return Ok(());
-            }
+    /// Ensures a column map for `schema`, the schema its rows were written
+    /// under. A new schema of a table already mapped (the source altered
+    /// it) re-reads the target table first, and so does a schema that does
+    /// not fit the target as it was read: an operator's `ALTER TABLE` on
+    /// the target is picked up without a restart.
+    async fn map_for(&mut self, schema: &Arc<TableSchema>) -> Result<(), ConnectorError> {
+        if self.maps.get(schema).is_some() {
+            return Ok(());
         }
+        let mut reread = false;
+        if self.maps.has_table(&schema.table) {
+            self.reread_target(&schema.table).await?;
+            reread = true;
+        }
+        let map = match self.build_map(schema) {
+            Err(err) if !reread && err.kind == ErrorKind::Schema => {
+                self.reread_target(&schema.table).await?;
+                self.build_map(schema)?
+            }
+            other => other?,
+        };
+        self.maps.insert(map);
+        Ok(())
+    }
+
+    /// Reads `source`'s target table from the catalog again; when it
+    /// changed, forgets the table's column maps.
+    async fn reread_target(&mut self, source: &TableId) -> Result<(), ConnectorError> {
+        let store = &self.config.store;
+        let Some(old) = self.tables.get(source) else {
+            return Ok(()); // build_map names the unconfigured table
+        };
+        let id = old.id.clone();
+        let Some(table) = read_table(&mut self.conn, store, &id).await? else {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("target table `{id}` does not exist in store `{store}`"),
+            )
+            .with_hint(format!("create `{id}` with the columns of `{source}`")));
+        };
+        if table.primary_key.is_empty() {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("target table `{id}` in store `{store}` has no primary key"),
+            )
+            .with_hint(format!(
+                "add a primary key to `{id}` matching the key of `{source}`"
+            )));
+        }
+        let same = old.primary_key == table.primary_key
+            && old.columns.len() == table.columns.len()
+            && old
+                .columns
+                .iter()
+                .zip(&table.columns)
+                .all(|(a, b)| a.name == b.name && a.column_type == b.column_type);
+        if !same {
+            info!(store = %store, pipeline = %self.config.pipeline, table = %id, "target table changed: columns read again");
+            self.maps.forget(source);
+        }
+        self.tables.insert(source.clone(), table);
+        Ok(())
+    }
+
+    /// A column map of `schema` onto its target table as last read.
+    fn build_map(&self, schema: &Arc<TableSchema>) -> Result<ColumnMap, ConnectorError> {
+        let source = &schema.table;
         let store = &self.config.store;
         let table = self.tables.get(source).ok_or_else(|| {
             ConnectorError::new(
@@ -367,7 +427,7 @@ impl MySqlSink {
             )
         })?;
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        let map = ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+        ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
             Mismatch::MissingColumn(s) => {
                 let column = &schema.columns[s].name;
                 ConnectorError::new(
@@ -388,9 +448,7 @@ impl MySqlSink {
                 ),
             )
             .with_hint("make the target's primary key the source table's key"),
-        })?;
-        self.maps.insert(source.clone(), map);
-        Ok(())
+        })
     }
 
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
@@ -402,7 +460,7 @@ impl MySqlSink {
             None => Vec::new(),
         });
         for step in &steps {
-            self.map_for(step.schema())?;
+            self.map_for(step.schema()).await?;
             let source = step.table();
             let doing = match step {
                 Step::Truncate { .. } => "truncating",
@@ -412,7 +470,9 @@ impl MySqlSink {
             };
             let mut done = 0;
             loop {
-                let (map, table) = (&self.maps[source], &self.tables[source]);
+                // each step by the schema its rows were written under
+                let map = self.maps.get(step.schema()).expect("mapped above");
+                let table = &self.tables[source];
                 self.sql.clear();
                 let end =
                     build_statement(&mut self.sql, step, done, map, table, &self.config.store)?;

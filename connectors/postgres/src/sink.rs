@@ -29,8 +29,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use callosum_api::batch::{plan_with, same_schema, unique_key_positions, Step};
-use callosum_api::mapping::{ColumnMap, Mismatch};
+use callosum_api::batch::{plan_with, unique_key_positions, Step};
+use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
     ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
     CHECKPOINT_TABLE,
@@ -337,6 +337,33 @@ struct Target {
     /// The staging table holds rows merged earlier in the open transaction
     /// (it is emptied at commit and rollback by `ON COMMIT DELETE ROWS`).
     stage_used: bool,
+    /// After the target table changed: the `CREATE TEMP TABLE IF NOT
+    /// EXISTS` of its new staging table, run before its first use in each
+    /// transaction (a rolled-back transaction takes the table with it).
+    stage_ddl: Option<String>,
+}
+
+/// `CREATE TEMP TABLE IF NOT EXISTS` of a staging table for `table`.
+fn stage_ddl(name: &str, table: &TargetTable) -> String {
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("{} {}", quote_ident(&c.name), c.base_display))
+        .collect();
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {name} ({}) ON COMMIT DELETE ROWS",
+        columns.join(", ")
+    )
+}
+
+/// The target's columns are the ones `old` describes (names and types, in
+/// order) and so is its primary key.
+fn same_columns(old: &TargetTable, new: &TargetTable) -> bool {
+    old.primary_key == new.primary_key
+        && old.columns.len() == new.columns.len()
+        && old.columns.iter().zip(&new.columns).all(|(a, b)| {
+            a.name == b.name && a.display == b.display && a.base_display == b.base_display
+        })
 }
 
 /// A value already in binary form, bound as a parameter of any type.
@@ -463,7 +490,10 @@ pub struct PgSink {
     _task: ConnectionTask,
     /// Target per source table.
     targets: HashMap<TableId, Target>,
-    maps: HashMap<TableId, ColumnMap>,
+    /// Column maps per source schema (a batch may span an `ALTER TABLE`).
+    maps: ColumnMaps,
+    /// Staging tables created after a target table changed.
+    stage_generation: u32,
     strategy: UpsertStrategy,
     in_transaction: bool,
 }
@@ -550,17 +580,11 @@ impl PgSink {
             }
             let stage = if may_stage {
                 let name = format!("pg_temp.{}", quote_ident(&format!("callosum_stage_{i}")));
-                let columns: Vec<String> = table
-                    .columns
-                    .iter()
-                    .map(|c| format!("{} {}", quote_ident(&c.name), c.base_display))
-                    .collect();
-                let ddl = format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {name} ({}) ON COMMIT DELETE ROWS",
-                    columns.join(", ")
-                );
-                conn.simple(&ddl, &format!("create the staging table for `{target}`"))
-                    .await?;
+                conn.simple(
+                    &stage_ddl(&name, &table),
+                    &format!("create the staging table for `{target}`"),
+                )
+                .await?;
                 Some(name)
             } else {
                 None
@@ -571,6 +595,7 @@ impl PgSink {
                     table,
                     stage,
                     stage_used: false,
+                    stage_ddl: None,
                 },
             );
         }
@@ -580,7 +605,8 @@ impl PgSink {
             conn,
             _task: task,
             targets,
-            maps: HashMap::new(),
+            maps: ColumnMaps::default(),
+            stage_generation: 0,
             strategy: UpsertStrategy::Auto,
             in_transaction: false,
         })
@@ -603,14 +629,81 @@ impl PgSink {
         }
     }
 
-    /// Ensures a column map for `schema`.
-    fn map_for(&mut self, schema: &Arc<TableSchema>) -> Result<(), ConnectorError> {
-        let source = &schema.table;
-        if let Some(map) = self.maps.get(source) {
-            if same_schema(&map.schema, schema) {
-                return Ok(());
-            }
+    /// Ensures a column map for `schema`, the schema its rows were written
+    /// under. A new schema of a table already mapped (the source altered
+    /// it) re-reads the target table first, and so does a schema that does
+    /// not fit the target as it was read: an operator's `ALTER TABLE` on
+    /// the target is picked up without a restart.
+    async fn map_for(&mut self, schema: &Arc<TableSchema>) -> Result<(), ConnectorError> {
+        if self.maps.get(schema).is_some() {
+            return Ok(());
         }
+        let mut reread = false;
+        if self.maps.has_table(&schema.table) {
+            self.reread_target(&schema.table).await?;
+            reread = true;
+        }
+        let map = match self.build_map(schema) {
+            Err(err) if !reread && err.kind == ErrorKind::Schema => {
+                self.reread_target(&schema.table).await?;
+                self.build_map(schema)?
+            }
+            other => other?,
+        };
+        self.maps.insert(map);
+        Ok(())
+    }
+
+    /// Reads `source`'s target table from the catalog again; when its
+    /// columns changed, forgets the table's column maps and moves its
+    /// staging table to one with the new columns.
+    async fn reread_target(&mut self, source: &TableId) -> Result<(), ConnectorError> {
+        let store = &self.config.store;
+        let Some(target) = self.targets.get_mut(source) else {
+            return Ok(()); // build_map names the unconfigured table
+        };
+        let id = target.table.id.clone();
+        let Some(table) = read_table(&self.conn.client, store, &id).await? else {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("postgres store `{store}`: target table `{id}` does not exist"),
+            )
+            .with_hint(format!(
+                "create `{id}` with the columns and key of `{source}`"
+            )));
+        };
+        if table.primary_key.is_empty() {
+            return Err(ConnectorError::new(
+                ErrorKind::Schema,
+                format!("postgres store `{store}`: target table `{id}` has no primary key"),
+            )
+            .with_hint(format!(
+                "add a primary key to `{id}` matching the key of `{source}`"
+            )));
+        }
+        if same_columns(&target.table, &table) {
+            target.table = table;
+            return Ok(());
+        }
+        info!(store = %store, pipeline = %self.config.pipeline, table = %id, "target table changed: columns read again");
+        if target.stage.is_some() {
+            self.stage_generation += 1;
+            let name = format!(
+                "pg_temp.{}",
+                quote_ident(&format!("callosum_stage_v{}", self.stage_generation))
+            );
+            target.stage_ddl = Some(stage_ddl(&name, &table));
+            target.stage = Some(name);
+            target.stage_used = false;
+        }
+        target.table = table;
+        self.maps.forget(source);
+        Ok(())
+    }
+
+    /// A column map of `schema` onto its target table as last read.
+    fn build_map(&self, schema: &Arc<TableSchema>) -> Result<ColumnMap, ConnectorError> {
+        let source = &schema.table;
         let store = &self.config.store;
         let table = &self
             .targets
@@ -626,7 +719,7 @@ impl PgSink {
             })?
             .table;
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        let map = ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+        ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
             Mismatch::MissingColumn(s) => {
                 let column = &schema.columns[s].name;
                 ConnectorError::new(
@@ -647,9 +740,7 @@ impl PgSink {
                 ),
             )
             .with_hint("make the target's primary key the source table's key"),
-        })?;
-        self.maps.insert(source.clone(), map);
-        Ok(())
+        })
     }
 
     async fn apply_steps(&mut self, events: &[ChangeEvent]) -> Result<(), ConnectorError> {
@@ -660,14 +751,27 @@ impl PgSink {
             }),
             None => Vec::new(),
         });
-        for step in &steps {
-            self.map_for(step.schema())?;
+        // twice: re-reading a changed target forgets the maps made before
+        for _ in 0..2 {
+            for step in &steps {
+                self.map_for(step.schema()).await?;
+            }
         }
         let strategy = self.strategy;
         for step in &steps {
             let source = step.table();
             let target = self.targets.get_mut(source).expect("mapped above");
-            let map = &self.maps[source];
+            // each step by the schema its rows were written under
+            let Some(map) = self.maps.get(step.schema()) else {
+                // the target changed again between the two passes
+                return Err(ConnectorError::new(
+                    ErrorKind::Contention,
+                    format!(
+                        "postgres store `{}`: target table `{}` changed while a batch was planned",
+                        self.config.store, target.table.id
+                    ),
+                ));
+            };
             let ctx = Ctx {
                 store: &self.config.store,
                 table: &target.table,
@@ -711,6 +815,9 @@ impl PgSink {
                         }
                         UpsertStrategy::Copy => {
                             let stage = target.stage.as_deref().expect("chosen only with a stage");
+                            if let (Some(ddl), false) = (&target.stage_ddl, target.stage_used) {
+                                self.conn.simple(ddl, "create the staging table").await?;
+                            }
                             for chunk in rows.chunks(MAX_ARRAY_ROWS) {
                                 upsert_copy(
                                     &mut self.conn,
