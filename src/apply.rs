@@ -159,6 +159,7 @@ pub async fn apply<K: Sink>(
         let Prepared::Begin(transactions) = first? else {
             return Err(out_of_step());
         };
+        crate::panics::failpoint("apply");
         match transactions.as_slice() {
             [(seq, txn)] if txn.events > max_batch_events => {
                 applier.apply_streamed(*seq, txn, &mut prepared).await?;
@@ -567,6 +568,7 @@ async fn prefetch(
             reader.wait_for_transactions().await;
         }
         let result = prepare_batch(&mut reader, max_batch_events, &out).await;
+        crate::panics::failpoint("prefetch");
         match result {
             Ok(true) => {}
             Ok(false) => return,
@@ -623,12 +625,10 @@ async fn prepare_batch(
     Ok(true)
 }
 
+/// The prefetch task ends only by sending an error or when the worker is
+/// gone: ending otherwise, it panicked.
 fn prefetch_gone() -> ConnectorError {
-    ConnectorError::new(
-        ErrorKind::LogStorage,
-        "the change log reader stopped unexpectedly",
-    )
-    .with_hint("report this as a bug; restarting the agent resumes from the target's checkpoint")
+    crate::panics::internal_error("the change log prefetch task")
 }
 
 fn out_of_step() -> ConnectorError {

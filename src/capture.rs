@@ -68,6 +68,7 @@ pub async fn capture<S: Source>(
                     events_in_txn += 1;
                 }
                 SourceMessage::Commit(meta) => {
+                    crate::panics::failpoint("capture");
                     writer.commit(meta)?;
                     observer.committed(events_in_txn);
                     events_in_txn = 0;

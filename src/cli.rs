@@ -217,6 +217,7 @@ fn init_tracing(default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    crate::panics::install_hook();
 }
 
 #[cfg(test)]

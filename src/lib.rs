@@ -12,6 +12,7 @@ pub mod demo;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod panics;
 pub mod retry;
 pub mod shutdown;
 pub mod testkit;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::agent_process::{self, write_pg_to_mysql_config};
+use common::agent_process::{self, write_config, write_pg_to_mysql_config};
 use common::schema::{create_plain_orders, PLAIN_ORDERS as ORDERS};
 use std::path::Path;
 use std::time::Duration;
@@ -116,4 +116,109 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
         "agent log: {}",
         std::fs::read_to_string(&agent_log).unwrap()
     );
+}
+
+/// `GET path` of the agent's HTTP listener; empty while it does not answer.
+async fn http_get(listen: std::net::SocketAddr, path: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
+            return String::new();
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
+        let mut text = String::new();
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_string(&mut text);
+        }
+        text
+    })
+    .await
+    .unwrap()
+}
+
+/// A panic in a worker (the failpoint `CALLOSUM_TEST_PANIC`, debug builds
+/// only) halts its pipeline visibly: `/status` and `callosum status` say
+/// halted with the internal error, `callosum_errors_total{kind="internal"}`
+/// counts it; the row values never reach the agent log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_halts_its_pipeline_visibly() {
+    let db = common::fresh_databases("panic").await;
+    create_plain_orders(&db).await;
+    let pg = common::pg_client(&db.pg_url).await;
+    for (worker, shown) in [
+        ("apply", "internal error: apply worker panicked"),
+        ("capture", "internal error: capture worker panicked"),
+        (
+            "prefetch",
+            "internal error: the change log prefetch task panicked",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let toml = common::config_toml(
+            &db,
+            &dir.path().join("data"),
+            &["public.orders"],
+            &listen.to_string(),
+        );
+        let config = write_config(dir.path(), &toml);
+        let agent_log = dir.path().join("agent.log");
+        let mut agent = agent_process::spawn_agent(
+            &config,
+            &agent_log,
+            &[("CALLOSUM_LOG", "info"), ("CALLOSUM_TEST_PANIC", worker)],
+        );
+        common::wait_for(
+            &format!("the agent's http listener ({worker})"),
+            Duration::from_secs(60),
+            || async { http_get(listen, "/status").await.contains("pg_to_mysql") },
+        )
+        .await;
+        common::wait_for_slot(&db).await;
+        pg.batch_execute(&format!(
+            "INSERT INTO orders VALUES ({id}, 1, 'secret-{worker}', 1.25, 'o')",
+            id = 1000 + worker.len()
+        ))
+        .await
+        .unwrap();
+        common::wait_for(
+            &format!("the {worker} panic to halt the pipeline"),
+            Duration::from_secs(60),
+            || async {
+                let status = http_get(listen, "/status").await;
+                status.contains("halted") && status.contains(shown)
+            },
+        )
+        .await;
+        let metrics = http_get(listen, "/metrics").await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("callosum_errors_total")
+                    && l.contains("kind=\"internal\"")
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))
+            .args(["status", "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(text.contains("halted") && text.contains(shown), "{text}");
+        agent_process::kill(&mut agent).await;
+        let log = std::fs::read_to_string(&agent_log).unwrap();
+        assert!(
+            log.contains("worker panicked") || worker == "prefetch",
+            "{log}"
+        );
+        assert!(
+            !log.contains("secret-"),
+            "row values in the agent log: {log}"
+        );
+    }
 }

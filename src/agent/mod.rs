@@ -118,6 +118,7 @@ impl Agent {
         // each pipeline's dead-letter queue: read by /dlq, changed only by
         // the pipeline's apply worker, which /dlq sends commands to
         let mut dead_letters = DeadLetterControl::new();
+        let all_pipelines: Vec<String> = config.pipelines.iter().map(|p| p.name.clone()).collect();
         let mut commands = BTreeMap::new();
         for pipeline in &config.pipelines {
             let (sender, receiver) = mpsc::channel(8);
@@ -135,14 +136,19 @@ impl Agent {
             let status = status.clone();
             let dead_letters = dead_letters.clone();
             let mut stop = shutdown_rx.clone();
-            workers.spawn(async move {
-                let shutdown = async move { crate::shutdown::requested(&mut stop).await };
-                if let Err(err) =
-                    crate::http::serve(listener, metrics, status, dead_letters, shutdown).await
-                {
-                    error!(error = %err, "http listener failed");
-                }
-            });
+            let halt = halter(&status, &metrics, "http", all_pipelines.clone());
+            workers.spawn(crate::panics::supervise(
+                "http listener",
+                async move {
+                    let shutdown = async move { crate::shutdown::requested(&mut stop).await };
+                    if let Err(err) =
+                        crate::http::serve(listener, metrics, status, dead_letters, shutdown).await
+                    {
+                        error!(error = %err, "http listener failed");
+                    }
+                },
+                halt,
+            ));
         }
 
         for pipeline in &config.pipelines {
@@ -185,13 +191,32 @@ impl Agent {
                 source_config(store_name, &config.stores[store_name], Vec::new())
             {
                 let span = tracing::info_span!("slot_lag", store = %store_name);
-                workers.spawn(
+                let halt = halter(
+                    &status,
+                    &metrics,
+                    store_name,
+                    readers_by_store[store_name].clone(),
+                );
+                workers.spawn(crate::panics::supervise(
+                    "slot lag reporter",
                     report_slot_lag(source, metrics.store(store_name), shutdown_rx.clone())
                         .instrument(span),
-                );
+                    halt,
+                ));
             }
             let span = tracing::info_span!("capture", store = %store_name);
-            workers.spawn(worker.run(writer, shutdown_rx.clone()).instrument(span));
+            // a capture panic halts every pipeline of the store
+            let halt = halter(
+                &status,
+                &metrics,
+                store_name,
+                readers_by_store[store_name].clone(),
+            );
+            workers.spawn(crate::panics::supervise(
+                "capture worker",
+                worker.run(writer, shutdown_rx.clone()).instrument(span),
+                halt,
+            ));
         }
         for pipeline in &config.pipelines {
             let worker = ApplyWorker {
@@ -207,39 +232,65 @@ impl Agent {
                 status: status.clone(),
             };
             let span = tracing::info_span!("apply", pipeline = %pipeline.name);
-            workers.spawn(worker.run(shutdown_rx.clone()).instrument(span));
+            let halt = halter(
+                &status,
+                &metrics,
+                &pipeline.name,
+                vec![pipeline.name.clone()],
+            );
+            workers.spawn(crate::panics::supervise(
+                "apply worker",
+                worker.run(shutdown_rx.clone()).instrument(span),
+                halt,
+            ));
         }
-        workers.spawn(watch_log_flushes(
-            log.clone(),
-            readers_by_store.clone(),
-            metrics.clone(),
-            status.clone(),
-            shutdown_rx.clone(),
+        workers.spawn(crate::panics::supervise(
+            "log flush watcher",
+            watch_log_flushes(
+                log.clone(),
+                readers_by_store.clone(),
+                metrics.clone(),
+                status.clone(),
+                shutdown_rx.clone(),
+            ),
+            halter(&status, &metrics, "log", all_pipelines.clone()),
         ));
         {
             let log = log.clone();
             let mut stop = shutdown_rx.clone();
-            workers.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = crate::shutdown::requested(&mut stop) => return,
-                        _ = tokio::time::sleep(TRUNCATE_EVERY) => {}
-                    }
-                    for (store, pipelines) in &readers_by_store {
-                        let log = log.clone();
-                        let store = store.clone();
-                        let pipelines = pipelines.clone();
-                        let result = tokio::task::spawn_blocking(move || {
-                            let names: Vec<&str> = pipelines.iter().map(String::as_str).collect();
-                            log.truncate_applied(&store, &names)
-                        })
-                        .await;
-                        if let Ok(Err(err)) = result {
-                            warn!(error = %err, "failed to truncate the change log");
+            let halt = halter(&status, &metrics, "log", all_pipelines.clone());
+            workers.spawn(crate::panics::supervise(
+                "log truncation",
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = crate::shutdown::requested(&mut stop) => return,
+                            _ = tokio::time::sleep(TRUNCATE_EVERY) => {}
+                        }
+                        for (store, pipelines) in &readers_by_store {
+                            let log = log.clone();
+                            let store = store.clone();
+                            let pipelines = pipelines.clone();
+                            let result = tokio::task::spawn_blocking(move || {
+                                let names: Vec<&str> =
+                                    pipelines.iter().map(String::as_str).collect();
+                                log.truncate_applied(&store, &names)
+                            })
+                            .await;
+                            match result {
+                                Ok(Err(err)) => {
+                                    warn!(error = %err, "failed to truncate the change log")
+                                }
+                                Err(err) if err.is_panic() => {
+                                    std::panic::resume_unwind(err.into_panic())
+                                }
+                                _ => {}
+                            }
                         }
                     }
-                }
-            });
+                },
+                halt,
+            ));
         }
         Ok(Agent {
             workers,
@@ -255,6 +306,23 @@ impl Agent {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// What a panic of a worker serving `pipelines` does: halts each of them
+/// with the error in `/status` and counts it under `component`.
+fn halter(
+    status: &Arc<AgentStatus>,
+    metrics: &Arc<Metrics>,
+    component: &str,
+    pipelines: Vec<String>,
+) -> impl FnOnce(ConnectorError) {
+    let (status, metrics, component) = (status.clone(), metrics.clone(), component.to_owned());
+    move |err| {
+        metrics.record_error(&component, err.kind);
+        for pipeline in &pipelines {
+            status.set_state(pipeline, PipelineState::Halted, Some(&err.to_string()));
+        }
     }
 }
 
