@@ -751,27 +751,13 @@ impl PgSink {
             }),
             None => Vec::new(),
         });
-        // twice: re-reading a changed target forgets the maps made before
-        for _ in 0..2 {
-            for step in &steps {
-                self.map_for(step.schema()).await?;
-            }
-        }
         let strategy = self.strategy;
         for step in &steps {
+            // each step by the schema its rows were written under
+            self.map_for(step.schema()).await?;
             let source = step.table();
             let target = self.targets.get_mut(source).expect("mapped above");
-            // each step by the schema its rows were written under
-            let Some(map) = self.maps.get(step.schema()) else {
-                // the target changed again between the two passes
-                return Err(ConnectorError::new(
-                    ErrorKind::Contention,
-                    format!(
-                        "postgres store `{}`: target table `{}` changed while a batch was planned",
-                        self.config.store, target.table.id
-                    ),
-                ));
-            };
+            let map = self.maps.get(step.schema()).expect("mapped above");
             let ctx = Ctx {
                 store: &self.config.store,
                 table: &target.table,
