@@ -161,7 +161,7 @@ const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the targ
 /// | `Bytes` | binary/varbinary/blob types (length in bytes) |
 /// | `Date` | date, datetime, timestamp |
 /// | `Time` | time |
-/// | `Interval` | time (microseconds only, within ±838:59:59) |
+/// | `Interval` | time (microseconds only, within ±838:59:59), char/varchar/text (ISO 8601) |
 /// | `ZonedTimestamp` | datetime (its local time), timestamp (its instant) |
 ///
 /// In a store with a `time_zone`, datetime columns are
@@ -289,6 +289,18 @@ pub fn write_literal(out: &mut String, v: &Value, ty: &TargetType) -> Result<(),
             write_datetime(out, &ts.naive_utc(), ty, *fsp)?
         }
         (Value::Interval(i), T::Time { fsp }) => write_duration(out, i, *fsp)?,
+        // Any interval into a text column: ISO 8601 (PostgreSQL's iso_8601
+        // style), exact for months, days and microseconds alike.
+        (Value::Interval(i), T::Char { .. } | T::Text { .. }) => {
+            let text = Value::Text(i.to_string());
+            return write_literal(out, &text, ty);
+        }
+        (Value::Infinity { .. }, _) => {
+            return Err("an infinite date or timestamp has no equivalent in the target type")
+        }
+        (Value::Undecodable { .. }, _) => {
+            return Err("the source could not decode the value of this type")
+        }
         (Value::Timestamp(ts), T::Date) => {
             if ts.time() != NaiveTime::MIN {
                 return Err("has a time of day that a date column cannot hold");
@@ -703,6 +715,28 @@ mod tests {
             lit(Value::Bytes(vec![0x27]), ty("blob", "blob")).unwrap(),
             "X'27'"
         );
+    }
+
+    #[test]
+    fn pg_only_values_into_mariadb_columns() {
+        let iv = Value::Interval(callosum_api::Interval {
+            months: 14,
+            days: -3,
+            micros: 1_500_000,
+        });
+        assert_eq!(
+            lit(iv.clone(), ty("varchar", "varchar(32)")).unwrap(),
+            "'P1Y2M-3DT1.5S'"
+        );
+        assert!(lit(iv, ty("time", "time(6)")).is_err());
+        let inf = Value::Infinity { negative: true };
+        assert!(lit(inf.clone(), ty("date", "date")).is_err());
+        assert!(lit(inf, ty("datetime", "datetime(6)")).is_err());
+        let bad = Value::Undecodable {
+            type_name: "date".into(),
+            reason: "invalid or out-of-range date value".into(),
+        };
+        assert!(lit(bad, ty("text", "text")).is_err());
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("client_encoding", "UTF8"),
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, YMD"),
-    ("IntervalStyle", "postgres"),
+    ("IntervalStyle", "iso_8601"),
     ("bytea_output", "hex"),
     ("extra_float_digits", "3"),
 ];

@@ -321,6 +321,25 @@ pub fn encode(
         (Value::ZonedTimestamp(ts), T::TimestampTz { precision }) => {
             put_timestamp(&ts.naive_utc(), *precision, out)?
         }
+        // PostgreSQL's ±infinity: DATEVAL_NOBEGIN/NOEND and
+        // DT_NOBEGIN/NOEND of the binary formats.
+        (Value::Infinity { negative }, T::Date) => {
+            out.put_i32(if *negative { i32::MIN } else { i32::MAX })
+        }
+        (Value::Infinity { negative }, T::Timestamp { .. } | T::TimestampTz { .. }) => {
+            out.put_i64(if *negative { i64::MIN } else { i64::MAX })
+        }
+        // `time '24:00:00'` arrives as a 24 h duration; a time column holds
+        // every duration from 00:00:00 to 24:00:00.
+        (Value::Interval(i), T::Time { precision })
+            if i.months == 0 && i.days == 0 && (0..=86_400_000_000).contains(&i.micros) =>
+        {
+            let unit = 10i64.pow(6 - (*precision).min(6));
+            if i.micros % unit != 0 {
+                return Err("has more fractional seconds than the target column's precision");
+            }
+            out.put_i64(i.micros)
+        }
         (Value::Interval(i), T::Interval) => {
             out.put_i64(i.micros);
             out.put_i32(i.days);
@@ -1093,6 +1112,20 @@ mod tests {
             [(-90_000_000i64).to_be_bytes().to_vec(), vec![0; 8]].concat()
         );
         assert!(enc(&Value::Bytes(vec![1]), &PgType::Json).is_err());
+        let inf = |negative| Value::Infinity { negative };
+        assert_eq!(ok(&inf(false), &PgType::Date), i32::MAX.to_be_bytes());
+        assert_eq!(
+            ok(&inf(true), &PgType::TimestampTz { precision: 6 }),
+            i64::MIN.to_be_bytes()
+        );
+        let day = Value::Interval(callosum_api::Interval::from_micros(86_400_000_000));
+        assert_eq!(
+            ok(&day, &PgType::Time { precision: 0 }),
+            86_400_000_000i64.to_be_bytes()
+        );
+        let past = Value::Interval(callosum_api::Interval::from_micros(86_400_000_001));
+        assert!(enc(&past, &PgType::Time { precision: 6 }).is_err());
+        assert!(enc(&inf(false), &PgType::Int8).is_err());
     }
 
     #[test]

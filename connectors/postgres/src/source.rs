@@ -457,13 +457,22 @@ impl PgSource {
             let rows = self
                 .sql
                 .query(
-                    "SELECT oid, typname::text FROM pg_type WHERE oid = ANY($1)",
+                    // Each type with the base type of its domain chain
+                    // (itself when not a domain).
+                    "WITH RECURSIVE b(oid, base) AS ( \
+                         SELECT oid, oid FROM pg_type WHERE oid = ANY($1) \
+                         UNION ALL \
+                         SELECT b.oid, t.typbasetype FROM b JOIN pg_type t ON t.oid = b.base \
+                         WHERE t.typtype = 'd') \
+                     SELECT b.oid, t.typname::text, b.base FROM b \
+                     JOIN pg_type t ON t.oid = b.oid \
+                     JOIN pg_type bt ON bt.oid = b.base WHERE bt.typtype <> 'd'",
                     &[&unknown],
                 )
                 .await
                 .map_err(|e| from_sql(&store, "look up column types", e))?;
             for row in rows {
-                self.state.set_type_name(row.get(0), row.get(1));
+                self.state.set_type(row.get(0), row.get(1), row.get(2));
             }
         }
         let mut primary_key: Option<HashSet<String>> = None;

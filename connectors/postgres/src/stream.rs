@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::pgoutput::{
     OldTupleKind, PgOutputMessage, Relation, Tuple, TupleValue, PG_EPOCH_OFFSET_MICROS,
 };
-use crate::text_value::{self, TextValueError};
+use crate::text_value;
 
 /// What the source knows about a relation (table) of the stream.
 struct RelationState {
@@ -44,6 +44,9 @@ pub(crate) struct StreamState {
     tables: HashSet<TableId>,
     relations: HashMap<u32, RelationState>,
     type_names: HashMap<u32, String>,
+    /// Non-built-in type oids looked up in the catalog → the oid whose text
+    /// form their values have: a domain's base type, else the type itself.
+    decode_as: HashMap<u32, u32>,
     /// Transactions committing before this (a `resume_position`) are
     /// already held downstream.
     resume_from: Option<Lsn>,
@@ -65,6 +68,7 @@ impl StreamState {
             tables: tables.iter().cloned().collect(),
             relations: HashMap::new(),
             type_names: HashMap::new(),
+            decode_as: HashMap::new(),
             resume_from,
             txn: None,
             out: VecDeque::new(),
@@ -118,19 +122,27 @@ impl StreamState {
         self.tables.contains(&Self::table_of(rel))
     }
 
-    /// Type oids of `rel` whose names are not known yet.
+    /// Non-built-in type oids of `rel` not looked up in the catalog yet.
     pub fn unknown_type_oids(&self, rel: &Relation) -> Vec<u32> {
         let unknown: HashSet<u32> = rel
             .columns
             .iter()
             .map(|c| c.type_oid)
             .filter(|oid| {
-                text_value::builtin_type_name(*oid).is_none() && !self.type_names.contains_key(oid)
+                text_value::builtin_type_name(*oid).is_none() && !self.decode_as.contains_key(oid)
             })
             .collect();
         unknown.into_iter().collect()
     }
 
+    /// Records a catalog look-up: the type's name and the oid its values
+    /// decode as (its base type for a domain).
+    pub fn set_type(&mut self, oid: u32, name: String, decode_as: u32) {
+        self.type_names.insert(oid, name);
+        self.decode_as.insert(oid, decode_as);
+    }
+
+    #[cfg(test)]
     pub fn set_type_name(&mut self, oid: u32, name: String) {
         self.type_names.insert(oid, name);
     }
@@ -159,7 +171,11 @@ impl StreamState {
             .collect();
         let mut state = RelationState {
             schema: Arc::new(TableSchema { table, columns }),
-            type_oids: rel.columns.iter().map(|c| c.type_oid).collect(),
+            type_oids: rel
+                .columns
+                .iter()
+                .map(|c| *self.decode_as.get(&c.type_oid).unwrap_or(&c.type_oid))
+                .collect(),
             captured,
             checkpoint,
         };
@@ -368,32 +384,14 @@ impl StreamState {
                     .filter(|v| !v.is_unchanged())
                     .cloned()
                     .unwrap_or(Value::Unchanged)),
-                TupleValue::Text(bytes) => {
-                    text_value::convert(rel.type_oids[i], bytes).map_err(|e| {
-                        let column = &rel.schema.columns[i];
-                        match e {
-                            TextValueError::Unsupported => self
-                                .err(
-                                    ErrorKind::Conversion,
-                                    format_args!(
-                                        "table {} column {} has type {}, which Callosum cannot convert",
-                                        rel.schema.table, column.name, column.source_type
-                                    ),
-                                )
-                                .with_hint("leave the table out of `tables`, or change the column to a supported type"),
-                            TextValueError::Invalid(what) => self.err(
-                                ErrorKind::Conversion,
-                                format_args!(
-                                    "table {} column {} (type {}): {}",
-                                    rel.schema.table,
-                                    column.name,
-                                    column.source_type,
-                                    TextValueError::Invalid(what)
-                                ),
-                            ),
-                        }
-                    })
-                }
+                // Never an error: a value capture cannot decode is carried as
+                // Value::Undecodable and refused by the sink of the pipeline
+                // concerned, so one column never halts the whole store.
+                TupleValue::Text(bytes) => Ok(text_value::decode(
+                    rel.type_oids[i],
+                    &rel.schema.columns[i].source_type,
+                    bytes,
+                )),
                 TupleValue::Binary(_) => Err(self.err(
                     ErrorKind::Protocol,
                     "pgoutput sent a binary value, which was not requested",
@@ -728,19 +726,31 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_values_fail_naming_store_table_column_and_type() {
+    fn values_of_any_type_never_fail_capture() {
         let mut s = state(None);
         begin(&mut s, 100);
-        let err = insert(&mut s, 1, vec![t("1"), t("v"), t("10.1.2.3")]).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Conversion);
-        let msg = err.to_string();
-        for part in ["crm", "public.a", "column n", "inet"] {
-            assert!(msg.contains(part), "{msg}");
-        }
-        assert!(!msg.contains("10.1"), "{msg}");
-        let err = insert(&mut s, 1, vec![t("one"), t("v"), TupleValue::Null]).unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Conversion);
-        assert!(!err.to_string().contains("one"), "{err}");
+        // A type without a conversion of its own is carried as text.
+        insert(&mut s, 1, vec![t("1"), t("v"), t("10.1.2.3")]).unwrap();
+        // A value that cannot be decoded is carried, named, for the sink to
+        // refuse in the pipeline concerned; the reason has no value.
+        insert(&mut s, 1, vec![t("one"), t("v"), TupleValue::Null]).unwrap();
+        commit(&mut s, 100, 120);
+        let rows: Vec<Row> = drain(&mut s)
+            .into_iter()
+            .filter_map(|m| match m {
+                SourceMessage::Change(c) => match c.change {
+                    RowChange::Insert { row } => Some(row),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows[0][2], Value::Text("10.1.2.3".into()));
+        let Value::Undecodable { type_name, reason } = &rows[1][0] else {
+            panic!("{:?}", rows[1][0]);
+        };
+        assert_eq!(type_name, "int8");
+        assert!(!reason.contains("one"), "{reason}");
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //! functions produce the canonical forms parsed here; the parsers still accept
 //! any UTC offset and the `escape` bytea format.
 //!
-//! Errors never contain the value: only what kind of value failed.
+//! `IntervalStyle=iso_8601` too, so intervals arrive as `P1Y2M3DT4H5M6.5S`.
+//!
+//! [`decode`] never fails: capture must not halt a store for a value. Types
+//! without a conversion of their own (enums, domains of them, citext, inet,
+//! money, ranges, arrays, timetz, …) are carried as their PostgreSQL text
+//! form and the sink decides; a value that cannot be decoded (a date beyond
+//! chrono's range, invalid UTF-8) becomes [`Value::Undecodable`], which the
+//! sink refuses by name for the pipeline concerned. Errors never contain the
+//! value: only what kind of value failed.
 
-use callosum_api::Value;
+use callosum_api::{Interval, Value};
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use thiserror::Error;
 
@@ -28,6 +36,7 @@ pub mod oid {
     pub const TIME: u32 = 1083;
     pub const TIMESTAMP: u32 = 1114;
     pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
     pub const NUMERIC: u32 = 1700;
     pub const UUID: u32 = 2950;
     pub const JSONB: u32 = 3802;
@@ -64,6 +73,7 @@ pub fn builtin_type_name(type_oid: u32) -> Option<&'static str> {
         oid::TIME => "time",
         oid::TIMESTAMP => "timestamp",
         oid::TIMESTAMPTZ => "timestamptz",
+        oid::INTERVAL => "interval",
         oid::NUMERIC => "numeric",
         oid::UUID => "uuid",
         oid::JSONB => "jsonb",
@@ -76,7 +86,27 @@ pub fn is_supported(type_oid: u32) -> bool {
     builtin_type_name(type_oid).is_some()
 }
 
-/// Converts one text-format value of type `type_oid` to a [`Value`].
+/// Decodes one text-format value of a column of type `type_oid` (named
+/// `type_name`, for [`Value::Undecodable`]). Never fails and never panics.
+pub fn decode(type_oid: u32, type_name: &str, text: Vec<u8>) -> Value {
+    let undecodable = |reason: String| Value::Undecodable {
+        type_name: type_name.to_string(),
+        reason,
+    };
+    if !is_supported(type_oid) {
+        return match String::from_utf8(text) {
+            Ok(text) => Value::Text(text),
+            Err(_) => undecodable("the text form is not valid UTF-8".into()),
+        };
+    }
+    match convert(type_oid, text) {
+        Ok(value) => value,
+        Err(err) => undecodable(err.to_string()),
+    }
+}
+
+/// Converts one text-format value of a built-in type `type_oid` to a
+/// [`Value`] (see [`decode`] for every type).
 pub fn convert(type_oid: u32, text: Vec<u8>) -> Result<Value, TextValueError> {
     if !is_supported(type_oid) {
         return Err(TextValueError::Unsupported);
@@ -103,10 +133,20 @@ pub fn convert(type_oid: u32, text: Vec<u8>) -> Result<Value, TextValueError> {
             Value::Decimal(text)
         }
         oid::TEXT | oid::VARCHAR | oid::BPCHAR => Value::Text(text),
+        oid::DATE | oid::TIMESTAMP | oid::TIMESTAMPTZ if text == "infinity" => {
+            Value::Infinity { negative: false }
+        }
+        oid::DATE | oid::TIMESTAMP | oid::TIMESTAMPTZ if text == "-infinity" => {
+            Value::Infinity { negative: true }
+        }
         oid::DATE => Value::Date(parse_date(&text)?),
+        // PostgreSQL's time holds 24:00:00, a time of day chrono lacks: carry
+        // it exactly as a 24 h duration.
+        oid::TIME if text == "24:00:00" => Value::Interval(Interval::from_micros(86_400_000_000)),
         oid::TIME => Value::Time(parse_time(&text)?),
         oid::TIMESTAMP => Value::Timestamp(parse_timestamp(&text)?),
         oid::TIMESTAMPTZ => Value::TimestampTz(parse_timestamptz(&text)?),
+        oid::INTERVAL => Value::Interval(parse_interval(&text)?),
         oid::UUID => {
             if !is_uuid_text(&text) {
                 return Err(TextValueError::Invalid("uuid"));
@@ -116,6 +156,94 @@ pub fn convert(type_oid: u32, text: Vec<u8>) -> Result<Value, TextValueError> {
         oid::JSON | oid::JSONB => Value::Json(text),
         _ => return Err(TextValueError::Unsupported),
     })
+}
+
+/// ISO 8601 as PostgreSQL writes it with `IntervalStyle=iso_8601`: every
+/// field carries its own sign, e.g. `P-1Y2M3DT-4H5M-6.5S`; `PT0S` for zero.
+fn parse_interval(text: &str) -> Result<Interval, TextValueError> {
+    const INVALID: TextValueError = TextValueError::Invalid("interval");
+    let rest = text.strip_prefix('P').ok_or(INVALID)?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, Some(t)),
+        Some(_) => return Err(INVALID),
+        None => (rest, None),
+    };
+    let mut out = Interval {
+        months: 0,
+        days: 0,
+        micros: 0,
+    };
+    if date.is_empty() && time.is_none() {
+        return Err(INVALID);
+    }
+    for (number, unit) in fields(date).ok_or(INVALID)? {
+        let n: i32 = number.parse().map_err(|_| INVALID)?;
+        let (field, add) = match unit {
+            'Y' => (&mut out.months, n.checked_mul(12)),
+            'M' => (&mut out.months, Some(n)),
+            'D' => (&mut out.days, Some(n)),
+            _ => return Err(INVALID),
+        };
+        *field = add.and_then(|add| field.checked_add(add)).ok_or(INVALID)?;
+    }
+    for (number, unit) in fields(time.unwrap_or("")).ok_or(INVALID)? {
+        let micros = match unit {
+            'H' | 'M' => {
+                let n: i64 = number.parse().map_err(|_| INVALID)?;
+                n.checked_mul(if unit == 'H' {
+                    3_600_000_000
+                } else {
+                    60_000_000
+                })
+            }
+            'S' => parse_seconds_micros(number),
+            _ => None,
+        }
+        .ok_or(INVALID)?;
+        out.micros = out.micros.checked_add(micros).ok_or(INVALID)?;
+    }
+    Ok(out)
+}
+
+/// Splits `1Y-2M3D` into `("1", 'Y'), ("-2", 'M'), ("3", 'D')`.
+fn fields(text: &str) -> Option<Vec<(&str, char)>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_uppercase() {
+            let number = &text[start..i];
+            let digits = number.strip_prefix('-').unwrap_or(number);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                return None;
+            }
+            if c != 'S' && digits.contains('.') {
+                return None;
+            }
+            out.push((number, c));
+            start = i + 1;
+        }
+    }
+    (start == text.len()).then_some(out)
+}
+
+/// `-6.5` seconds as microseconds (at most 6 fraction digits).
+fn parse_seconds_micros(number: &str) -> Option<i64> {
+    let (negative, digits) = match number.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, number),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() || fraction.len() > 6 || fraction.contains('.') {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").parse().ok()?
+    };
+    let micros = whole.checked_mul(1_000_000)?.checked_add(fraction)?;
+    Some(if negative { -micros } else { micros })
 }
 
 fn parse_float(text: &str) -> Result<f64, TextValueError> {
@@ -323,6 +451,14 @@ mod tests {
             Ok(Value::Json(r#"{"a": 1}"#.into()))
         );
         assert_eq!(conv(869, "127.0.0.1"), Err(TextValueError::Unsupported));
+        assert_eq!(
+            decode(869, "inet", b"127.0.0.1".to_vec()),
+            Value::Text("127.0.0.1".into())
+        );
+        assert!(matches!(
+            decode(16_385, "deal_stage", vec![0xff]),
+            Value::Undecodable { ref type_name, .. } if type_name == "deal_stage"
+        ));
     }
 
     #[test]
@@ -351,14 +487,25 @@ mod tests {
             conv(oid::DATE, "0044-03-15 BC"),
             Ok(Value::Date(NaiveDate::from_ymd_opt(-43, 3, 15).unwrap()))
         );
-        assert!(conv(oid::DATE, "infinity").is_err());
+        assert_eq!(
+            conv(oid::DATE, "infinity"),
+            Ok(Value::Infinity { negative: false })
+        );
+        assert_eq!(
+            conv(oid::TIMESTAMP, "-infinity"),
+            Ok(Value::Infinity { negative: true })
+        );
         assert_eq!(
             conv(oid::TIME, "13:45:01.5"),
             Ok(Value::Time(
                 NaiveTime::from_hms_milli_opt(13, 45, 1, 500).unwrap()
             ))
         );
-        assert!(conv(oid::TIME, "24:00:00").is_err());
+        assert_eq!(
+            conv(oid::TIME, "24:00:00"),
+            Ok(Value::Interval(Interval::from_micros(86_400_000_000)))
+        );
+        assert!(conv(oid::TIME, "24:00:01").is_err());
         let ts = NaiveDate::from_ymd_opt(2024, 1, 2)
             .unwrap()
             .and_hms_micro_opt(3, 4, 5, 6)
@@ -380,7 +527,18 @@ mod tests {
             Ok(Value::TimestampTz(ts.and_utc()))
         );
         assert!(conv(oid::TIMESTAMPTZ, "2024-01-02 03:04:05").is_err());
-        assert!(conv(oid::TIMESTAMPTZ, "infinity").is_err());
+        assert_eq!(
+            conv(oid::TIMESTAMPTZ, "infinity"),
+            Ok(Value::Infinity { negative: false })
+        );
+        // Beyond chrono's years: carried as undecodable, never an error.
+        assert_eq!(
+            decode(oid::DATE, "date", b"5874897-12-31".to_vec()),
+            Value::Undecodable {
+                type_name: "date".into(),
+                reason: "invalid or out-of-range date value".into()
+            }
+        );
         assert_eq!(
             conv(oid::TIMESTAMP, "0001-01-01 00:00:00 BC"),
             Ok(Value::Timestamp(
@@ -392,7 +550,67 @@ mod tests {
         );
     }
 
+    #[test]
+    fn intervals() {
+        let iv = |months, days, micros| {
+            Ok(Value::Interval(Interval {
+                months,
+                days,
+                micros,
+            }))
+        };
+        assert_eq!(conv(oid::INTERVAL, "PT0S"), iv(0, 0, 0));
+        assert_eq!(
+            conv(oid::INTERVAL, "P1Y2M3DT4H5M6.5S"),
+            iv(14, 3, 14_706_500_000)
+        );
+        assert_eq!(
+            conv(oid::INTERVAL, "P-1Y-2M3DT-4H-5M-6.000001S"),
+            iv(-14, 3, -14_706_000_001)
+        );
+        assert_eq!(conv(oid::INTERVAL, "PT-0.5S"), iv(0, 0, -500_000));
+        for bad in [
+            "",
+            "P",
+            "PT",
+            "1D",
+            "P1",
+            "P1.5D",
+            "PT1.1234567S",
+            "P1X",
+            "P--1D",
+        ] {
+            assert!(conv(oid::INTERVAL, bad).is_err(), "{bad}");
+        }
+    }
+
+    fn interval_strategy() -> impl Strategy<Value = Interval> {
+        (any::<i32>(), any::<i32>(), any::<i64>()).prop_map(|(months, days, micros)| Interval {
+            months,
+            days,
+            micros,
+        })
+    }
+
     proptest! {
+        /// The log codec's Display form (ISO 8601, PostgreSQL's sign rules)
+        /// is what the server sends: decode inverts it for every interval.
+        #[test]
+        fn intervals_round_trip_through_iso_text(i in interval_strategy()) {
+            prop_assert_eq!(conv(oid::INTERVAL, &i.to_string()), Ok(Value::Interval(i)));
+        }
+
+        #[test]
+        fn unknown_types_carry_their_text(text in ".*") {
+            prop_assert_eq!(decode(16_385, "deal_stage", text.clone().into_bytes()), Value::Text(text));
+        }
+
+        #[test]
+        fn decode_never_panics(type_oid in prop::sample::select(vec![16u32, 17, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1700, 2950, 3802, 869]),
+                        bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = decode(type_oid, "t", bytes);
+        }
+
         #[test]
         fn never_panics(type_oid in prop::sample::select(vec![16u32, 17, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 1700, 2950, 3802, 869]),
                         bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
