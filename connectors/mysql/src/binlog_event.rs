@@ -24,6 +24,7 @@ use mysql_async::consts::ColumnType;
 
 use crate::binlog_stream::{EventHeader, MariaGtid, RowsEvent, RowsKind, StreamEvent, TableMap};
 use crate::row_value::ColumnDef;
+use crate::statement::{classify, Statement};
 
 /// MariaDB event types mysql_async does not know.
 pub const MARIA_ANNOTATE_ROWS: u8 = 160;
@@ -117,8 +118,8 @@ fn raw_header(event: &Event) -> [u8; 19] {
     out
 }
 
-/// Classifies a query event's statement.
-pub fn query_kind(query: &[u8]) -> StreamEvent {
+/// Classifies a query event's statement, run in database `default_db`.
+pub fn query_kind(query: &[u8], default_db: &str) -> StreamEvent {
     let q = String::from_utf8_lossy(&query[..query.len().min(32)]);
     let q = q.trim().to_ascii_uppercase();
     if q == "BEGIN" {
@@ -131,7 +132,14 @@ pub fn query_kind(query: &[u8]) -> StreamEvent {
     {
         StreamEvent::Commit
     } else {
-        StreamEvent::Statement
+        match classify(
+            &String::from_utf8_lossy(&query[..query.len().min(4096)]),
+            default_db,
+        ) {
+            Statement::Truncate(table) => StreamEvent::Truncate(table),
+            Statement::Dml { verb, table } => StreamEvent::StatementDml { verb, table },
+            Statement::Other => StreamEvent::Statement,
+        }
     }
 }
 
@@ -181,7 +189,9 @@ pub fn convert(event: &Event) -> Result<(EventHeader, StreamEvent), DecodeError>
             }
         }
         _ => match event.read_data() {
-            Ok(Some(EventData::QueryEvent(q))) => query_kind(q.query_raw()),
+            Ok(Some(EventData::QueryEvent(q))) => {
+                query_kind(q.query_raw(), &String::from_utf8_lossy(q.schema_raw()))
+            }
             Ok(Some(EventData::XidEvent(_))) => StreamEvent::Commit,
             Ok(Some(EventData::XaPrepareLogEvent(_))) => StreamEvent::Commit,
             Ok(Some(EventData::TableMapEvent(tme))) => StreamEvent::TableMap(table_map(&tme)?),
@@ -369,18 +379,18 @@ mod tests {
 
     #[test]
     fn queries_frame_transactions() {
-        assert_eq!(query_kind(b"BEGIN"), StreamEvent::Begin);
-        assert_eq!(query_kind(b"COMMIT"), StreamEvent::Commit);
-        assert_eq!(query_kind(b"XA PREPARE 'x'"), StreamEvent::Commit);
+        assert_eq!(query_kind(b"BEGIN", ""), StreamEvent::Begin);
+        assert_eq!(query_kind(b"COMMIT", ""), StreamEvent::Commit);
+        assert_eq!(query_kind(b"XA PREPARE 'x'", ""), StreamEvent::Commit);
         assert_eq!(
-            query_kind(b"ROLLBACK TO SAVEPOINT a"),
+            query_kind(b"ROLLBACK TO SAVEPOINT a", ""),
             StreamEvent::Statement
         );
         assert_eq!(
-            query_kind(b"CREATE TABLE t (a int)"),
+            query_kind(b"CREATE TABLE t (a int)", ""),
             StreamEvent::Statement
         );
-        assert_eq!(query_kind(&[0xff, 0xfe]), StreamEvent::Statement);
+        assert_eq!(query_kind(&[0xff, 0xfe], ""), StreamEvent::Statement);
     }
 
     proptest! {
@@ -388,7 +398,7 @@ mod tests {
         fn raw_decoders_never_panic(data in prop::collection::vec(any::<u8>(), 0..64), header in prop::collection::vec(any::<u8>(), 0..20)) {
             let _ = maria_gtid(&data, 1);
             let _ = rotate_file_name(&header, &data);
-            let _ = query_kind(&data);
+            let _ = query_kind(&data, "");
         }
     }
 }

@@ -94,6 +94,14 @@ pub enum StreamEvent {
     /// `XID`, `Query COMMIT` (MyISAM), `Query ROLLBACK` (non-transactional
     /// changes that stay), `XA PREPARE`/`XA COMMIT`.
     Commit,
+    /// `TRUNCATE [TABLE] t`: every row of `t` goes.
+    Truncate(TableId),
+    /// A row change logged as statement text (`binlog_format=STATEMENT` or
+    /// `MIXED` in some session); `table` is `None` when it cannot be told.
+    StatementDml {
+        verb: &'static str,
+        table: Option<TableId>,
+    },
     /// Any other statement (DDL, `SAVEPOINT`, …).
     Statement,
     TableMap(TableMap),
@@ -164,6 +172,10 @@ pub struct StreamState {
     /// for, and the refinement.
     refinements: HashMap<TableId, (Vec<String>, Refinement)>,
     pending: Option<TableMap>,
+    /// A `TRUNCATE` of a captured table whose schema the stream has not
+    /// seen yet: the caller reads it from the catalog and calls
+    /// [`StreamState::resolve_truncate`].
+    pending_truncate: Option<(EventHeader, TableId)>,
     txn: Option<Txn>,
     out: VecDeque<SourceMessage>,
     /// The last position yielded (Commit, Discard, Progress) or resumed from.
@@ -212,6 +224,7 @@ impl StreamState {
             schemas: HashMap::new(),
             refinements: HashMap::new(),
             pending: None,
+            pending_truncate: None,
             txn: None,
             out,
             reported,
@@ -459,6 +472,40 @@ impl StreamState {
                 }
             }
             StreamEvent::Commit => self.finish_txn(header)?,
+            StreamEvent::Truncate(table) => {
+                if !self.is_captured(&table) {
+                    return self.handle(header, StreamEvent::Statement);
+                }
+                match self.schemas.get(&table).cloned() {
+                    Some(schema) => self.truncate(header, schema)?,
+                    None => self.pending_truncate = Some((*header, table)),
+                }
+            }
+            StreamEvent::StatementDml { verb, table } => {
+                let captured = table.as_ref().is_none_or(|t| self.is_captured(t));
+                let held = self.txn.as_ref().is_some_and(|t| t.discard);
+                if captured && !held {
+                    let what = match &table {
+                        Some(t) => format!("table {t}"),
+                        None => "a table it cannot name (multi-table statement)".to_string(),
+                    };
+                    return Err(self
+                        .err(
+                            ErrorKind::ServerConfig,
+                            format_args!(
+                                "the binlog holds an {verb} statement on {what} logged as \
+                                 SQL text (statement-based binlog), which Callosum cannot \
+                                 replicate row for row"
+                            ),
+                        )
+                        .with_hint(
+                            "set binlog_format=ROW globally and make sure no session overrides \
+                             it (SET SESSION binlog_format); then resynchronise the table, since \
+                             the change is not in the target",
+                        ));
+                }
+                self.handle(header, StreamEvent::Statement)?;
+            }
             StreamEvent::Statement => match &self.txn {
                 Some(t) if t.standalone => self.finish_txn(header)?,
                 Some(_) => {}
@@ -491,6 +538,49 @@ impl StreamState {
             StreamEvent::Ignored => {}
         }
         Ok(())
+    }
+
+    /// A `TRUNCATE` of a captured table whose schema the stream has not
+    /// seen: the caller reads it from the catalog (`None`: the table is
+    /// gone, so nothing is truncated) and calls [`Self::resolve_truncate`].
+    pub fn pending_truncate(&self) -> Option<&TableId> {
+        self.pending_truncate.as_ref().map(|(_, t)| t)
+    }
+
+    pub fn resolve_truncate(&mut self, schema: Option<TableSchema>) -> Result<(), ConnectorError> {
+        let Some((header, table)) = self.pending_truncate.take() else {
+            return Ok(());
+        };
+        match schema {
+            Some(schema) => {
+                let schema = Arc::new(schema);
+                self.schemas.insert(table, schema.clone());
+                self.truncate(&header, schema)
+            }
+            None => self.handle(&header, StreamEvent::Statement),
+        }
+    }
+
+    /// `TRUNCATE` of a captured table: its own transaction (a MariaDB
+    /// standalone GTID group, or a bare query event on MySQL).
+    fn truncate(
+        &mut self,
+        header: &EventHeader,
+        schema: Arc<TableSchema>,
+    ) -> Result<(), ConnectorError> {
+        if self.txn.is_none() {
+            self.start_txn(header, None);
+        }
+        if let Some(t) = &mut self.txn {
+            if !t.discard {
+                t.changes += 1;
+                self.out.push_back(SourceMessage::Change(ChangeEvent {
+                    schema,
+                    change: RowChange::Truncate,
+                }));
+            }
+        }
+        self.finish_txn(header)
     }
 
     fn progress(&mut self, position: Position) {
@@ -1274,5 +1364,118 @@ mod tests {
             .expect("new names: look up again");
         s.install_table(pending, Some(Refinement::default()));
         assert!(!Arc::ptr_eq(&first, &schema(&mut s, 3)));
+    }
+
+    fn standalone(seq: u64) -> StreamEvent {
+        StreamEvent::MariaGtid(MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: seq,
+            standalone: true,
+            prepared_xa: false,
+        })
+    }
+
+    #[test]
+    fn truncate_of_a_mapped_table_is_its_own_transaction() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), standalone(5)).unwrap();
+        s.handle(&h(200), StreamEvent::Truncate(TableId::new("db", "a")))
+            .unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 3, "{out:?}");
+        let SourceMessage::Change(c) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(c.change, RowChange::Truncate);
+        assert_eq!(c.schema.table, TableId::new("db", "a"));
+        assert!(matches!(&out[2], SourceMessage::Commit(m) if m.position == gtid_pos(5)));
+        assert!(s.pending_truncate().is_none());
+    }
+
+    #[test]
+    fn truncate_of_an_unmapped_table_waits_for_the_catalog() {
+        let mut s = state(PositionKind::File, None);
+        drain(&mut s);
+        let nokey = TableId::new("db", "nokey");
+        let fresh = StreamState::new(
+            "erp",
+            ZeroDates::Error,
+            std::slice::from_ref(&nokey),
+            PositionKind::File,
+            None,
+            None,
+            "bin.000001",
+        );
+        s = fresh;
+        s.handle(&h(500), StreamEvent::Truncate(nokey.clone()))
+            .unwrap();
+        assert_eq!(s.pending_truncate(), Some(&nokey));
+        assert!(drain(&mut s).is_empty());
+        let schema = TableSchema {
+            table: nokey.clone(),
+            columns: vec![ColumnSchema {
+                name: "id".into(),
+                source_type: "bigint".into(),
+                is_key: true,
+            }],
+        };
+        s.resolve_truncate(Some(schema)).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(matches!(&out[1], SourceMessage::Change(c) if c.change == RowChange::Truncate));
+        assert!(matches!(&out[2], SourceMessage::Commit(m) if m.position
+            == Position::Binlog { file: "bin.000001".into(), offset: 500 }));
+    }
+
+    #[test]
+    fn truncate_of_another_table_is_just_a_statement() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), standalone(5)).unwrap();
+        s.handle(&h(200), StreamEvent::Truncate(TableId::new("db", "other")))
+            .unwrap();
+        let out = drain(&mut s);
+        assert!(
+            out.iter().all(|m| !matches!(m, SourceMessage::Change(_))),
+            "{out:?}"
+        );
+        assert!(s.pending_truncate().is_none());
+    }
+
+    #[test]
+    fn statement_dml_on_a_captured_table_halts_by_name() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(150), StreamEvent::Begin).unwrap();
+        let err = s
+            .handle(
+                &h(200),
+                StreamEvent::StatementDml {
+                    verb: "INSERT",
+                    table: Some(TableId::new("db", "a")),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ServerConfig);
+        assert!(err.to_string().contains("db.a"), "{err}");
+        assert!(format!("{err:?}").contains("binlog_format=ROW"), "{err:?}");
+        let err = s
+            .handle(
+                &h(200),
+                StreamEvent::StatementDml {
+                    verb: "UPDATE",
+                    table: None,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::ServerConfig);
+        s.handle(
+            &h(200),
+            StreamEvent::StatementDml {
+                verb: "INSERT",
+                table: Some(TableId::new("db", "other")),
+            },
+        )
+        .unwrap();
     }
 }

@@ -20,6 +20,7 @@ pub mod row_value;
 mod sink;
 mod source;
 mod source_check;
+mod statement;
 mod time_zone;
 
 pub use check::{check_key_collations, check_target};

@@ -5,7 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use callosum_api::{
-    ConnectorError, EchoOrigins, ErrorKind, Position, Source, SourceMessage, TableId,
+    ColumnSchema, ConnectorError, EchoOrigins, ErrorKind, Position, Source, SourceMessage, TableId,
+    TableSchema,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -441,8 +442,48 @@ impl MySqlSource {
                 self.state.install_table(map, Some(refinement));
                 continue;
             }
+            if let Some(table) = self.state.pending_truncate().cloned() {
+                // Stays pending until resolved, like a table map.
+                let schema = self.catalog_schema(&table).await?;
+                self.state.resolve_truncate(schema)?;
+                continue;
+            }
             self.read_event().await?;
         }
+    }
+
+    /// The schema of `table` as the catalog shows it now (`None`: the table
+    /// is gone), for a `TRUNCATE` of a table the stream has no map of yet.
+    async fn catalog_schema(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<TableSchema>, ConnectorError> {
+        let store = &self.config.store;
+        let doing = format!("reading the columns of `{table}`");
+        let rows: Vec<(String, String, String)> = self
+            .sql
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&table.namespace, &table.name),
+            )
+            .await
+            .map_err(|e| source_error(e, store, &doing))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns = rows
+            .into_iter()
+            .map(|(name, data_type, key)| ColumnSchema {
+                name,
+                source_type: data_type.to_ascii_lowercase(),
+                is_key: key == "PRI",
+            })
+            .collect();
+        Ok(Some(TableSchema {
+            table: table.clone(),
+            columns,
+        }))
     }
 
     /// What the catalog says that the binlog does not: `tinyint(1)` columns
