@@ -569,3 +569,138 @@ async fn purged_binlog_stops_the_pipeline_with_a_clear_error() {
     assert_eq!(ids, vec![1]);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_on_mariadb_empties_the_postgres_table() {
+    let db = common::fresh_databases("my2pg_trunc").await;
+    create_schemas(&db).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let tables = &["orders", "line_items"];
+    let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(tables)]).await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO orders (id, status) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    )
+    .await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO line_items (order_id, line_no, product, qty) VALUES (1, 1, 'p', 1), (1, 2, 'q', 2)",
+    )
+    .await;
+    common::wait_until_mirrored(&db, &[&ORDERS, &LINE_ITEMS], Duration::from_secs(60)).await;
+
+    // a table the stream has a map of
+    common::mysql_exec(&db.mysql, "TRUNCATE TABLE orders").await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO orders (id, status) VALUES (10, 'after')",
+    )
+    .await;
+    common::wait_until_mirrored(&db, &[&ORDERS, &LINE_ITEMS], Duration::from_secs(60)).await;
+    agent.stop().await;
+
+    // after a restart, the first event: no map yet, the schema comes from
+    // the catalog; comments and backquotes as a client may send them
+    let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(tables)]).await;
+    common::mysql_exec(&db.mysql, "/* tidy up */ truncate `line_items`").await;
+    common::mysql_exec(
+        &db.mysql,
+        "INSERT INTO line_items (order_id, line_no, product, qty) VALUES (10, 1, 'r', 3)",
+    )
+    .await;
+    common::wait_until_mirrored(&db, &[&ORDERS, &LINE_ITEMS], Duration::from_secs(60)).await;
+    let n: i64 = db
+        .pg
+        .query_one("SELECT count(*) FROM line_items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_format_dml_halts_the_pipeline_by_name() {
+    let db = common::fresh_databases("my2pg_stmt").await;
+    create_schemas(&db).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(&["orders"])]).await;
+    let mut conn = db.mysql.get_conn().await.unwrap();
+    conn.query_drop("SET SESSION binlog_format = 'STATEMENT'")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO orders (id, status) VALUES (1, 'lost')")
+        .await
+        .unwrap();
+    drop(conn);
+    common::wait_for("the pipeline to halt", Duration::from_secs(60), || async {
+        agent
+            .status
+            .get("mysql_to_pg")
+            .is_some_and(|s| s.state == callosum::http::PipelineState::Halted)
+    })
+    .await;
+    let error = agent
+        .status
+        .get("mysql_to_pg")
+        .unwrap()
+        .last_error
+        .unwrap_or_default();
+    assert!(error.contains("orders"), "error names the table: {error}");
+    assert!(
+        error.contains("INSERT"),
+        "error names the statement: {error}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gtid_sequence_going_backwards_halts_instead_of_skipping() {
+    common::init_logging();
+    // a server of its own: a backwards GTID would halt other tests' streams
+    let server = tokio::task::spawn_blocking(|| callosum::testkit::MariaDbServer::start(&[]))
+        .await
+        .unwrap()
+        .unwrap();
+    let mysql_url = server.fresh_database("gtidback").await.unwrap();
+    let pg_url = callosum::testkit::PgServer::shared()
+        .fresh_database("gtidback")
+        .await
+        .unwrap();
+    let pg = common::pg_client(&pg_url).await;
+    let mysql = mysql_async::Pool::new(mysql_url.as_str());
+    let db = Databases {
+        pg_url,
+        mysql_url,
+        pg,
+        mysql,
+    };
+    create_schemas(&db).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(&["orders"])]).await;
+    common::mysql_exec(&db.mysql, "INSERT INTO orders (id, status) VALUES (1, 'a')").await;
+    common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
+    let mut conn = db.mysql.get_conn().await.unwrap();
+    conn.query_drop("SET SESSION gtid_seq_no = 1")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO orders (id, status) VALUES (2, 'b')")
+        .await
+        .unwrap();
+    drop(conn);
+    common::wait_for("the pipeline to halt", Duration::from_secs(60), || async {
+        agent
+            .status
+            .get("mysql_to_pg")
+            .is_some_and(|s| s.state == callosum::http::PipelineState::Halted)
+    })
+    .await;
+    let error = agent
+        .status
+        .get("mysql_to_pg")
+        .unwrap()
+        .last_error
+        .unwrap_or_default();
+    assert!(error.contains("backwards"), "error says why: {error}");
+    agent.stop().await;
+}

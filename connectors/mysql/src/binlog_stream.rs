@@ -166,6 +166,9 @@ pub struct StreamState {
     file: String,
     /// The GTID domain of the stream (GTID positions order within one).
     domain: Option<u32>,
+    /// The last GTID this connection sent: within a domain, sequences only
+    /// grow.
+    last_gtid: Option<MariaGtid>,
     by_id: HashMap<u64, TableState>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
     /// Per table: the column names of the map the refinement was looked up
@@ -220,6 +223,7 @@ impl StreamState {
             resume_from,
             file: file.to_string(),
             domain,
+            last_gtid: None,
             by_id: HashMap::new(),
             schemas: HashMap::new(),
             refinements: HashMap::new(),
@@ -463,6 +467,32 @@ impl StreamState {
                         }
                         Some(_) => {}
                     }
+                    if let Some(last) = self.last_gtid {
+                        if last.domain == g.domain && g.sequence <= last.sequence {
+                            return Err(self
+                                .err(
+                                    ErrorKind::PositionLost,
+                                    format_args!(
+                                        "the binlog's GTID sequence went backwards from {}-{}-{} \
+                                         to {}-{}-{}; its transactions cannot be ordered after \
+                                         the ones already replicated",
+                                        last.domain,
+                                        last.server,
+                                        last.sequence,
+                                        g.domain,
+                                        g.server,
+                                        g.sequence
+                                    ),
+                                )
+                                .with_hint(
+                                    "the server's GTIDs were reset or set by hand (gtid_seq_no, \
+                                     RESET MASTER, a failover without GTID continuity); set \
+                                     gtid_strict_mode=ON, then reset this store's change log and \
+                                     resynchronise the tables from a snapshot",
+                                ));
+                        }
+                    }
+                    self.last_gtid = Some(g);
                 }
                 self.start_txn(header, Some(g));
             }
@@ -1477,5 +1507,19 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_gtid_sequence_going_backwards_halts() {
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(200), StreamEvent::Commit).unwrap();
+        let err = s.handle(&h(300), gtid(5)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PositionLost);
+        assert!(err.to_string().contains("0-1-5"), "{err}");
+        let mut s = state(PositionKind::Gtid, None);
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(200), StreamEvent::Commit).unwrap();
+        s.handle(&h(300), gtid(6)).unwrap();
     }
 }
