@@ -539,6 +539,62 @@ async fn resumes_after_acknowledged_position_without_repeats() {
     finish(src, &db, &slot).await;
 }
 
+/// A change log restored from a backup resumes behind what the slot has
+/// confirmed: streaming from the slot would skip the changes between, so the
+/// source refuses with `PositionLost` instead of warning and going on.
+#[tokio::test]
+async fn a_log_older_than_the_slot_is_a_lost_position() {
+    let db = db("pg_src_behind", "CREATE TABLE a (id int8 PRIMARY KEY)").await;
+    let cfg = config(&db, &["public.a"]);
+    let slot = cfg.slot.clone();
+    let mut src = PgSource::connect(cfg.clone(), None).await.unwrap();
+    for id in 1..=2 {
+        db.client
+            .execute("INSERT INTO a VALUES ($1)", &[&(id as i64)])
+            .await
+            .unwrap();
+    }
+    let (_, t1) = next_commit(&mut src).await;
+    let (_, t2) = next_commit(&mut src).await;
+    src.acknowledge(&t2.resume_position).await.unwrap();
+    wait_until("the slot confirms t2", WAIT, || async {
+        Position::Pg(confirmed(&db.client, &slot).await) == t2.resume_position
+    })
+    .await
+    .unwrap();
+    drop(src);
+
+    // The restored log holds only t1.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let err = loop {
+        match PgSource::connect(cfg.clone(), Some(t1.resume_position.clone())).await {
+            Ok(_) => panic!("resuming behind the slot's confirmed position must fail"),
+            Err(err) if err.is_transient() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.kind, ErrorKind::PositionLost, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&t1.resume_position.as_lsn().unwrap().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains(&t2.resume_position.as_lsn().unwrap().to_string()),
+        "{text}"
+    );
+    assert!(
+        err.hint.as_deref().unwrap_or("").contains("re-snapshot"),
+        "{err:?}"
+    );
+
+    // The log that holds t2 resumes normally.
+    let src = connect_retrying(cfg.clone(), Some(t2.resume_position.clone())).await;
+    finish(src, &db, &slot).await;
+}
+
 async fn confirmed(client: &Client, slot: &str) -> Lsn {
     client
         .query_one(

@@ -214,7 +214,9 @@ impl PgSource {
     ///
     /// Fails with [`ErrorKind::Schema`] naming every configured table that
     /// does not exist, and with [`ErrorKind::PositionLost`] when
-    /// `resume_from` is given but the slot is gone or invalidated.
+    /// `resume_from` is given but the slot is gone or invalidated, or has
+    /// confirmed a position past `resume_from` (the log is older than the
+    /// slot: the changes between would be skipped).
     pub async fn connect(
         config: PgSourceConfig,
         resume_from: Option<Position>,
@@ -326,7 +328,18 @@ impl PgSource {
         };
         if let Some(r) = resume_from {
             if r < confirmed {
-                warn!(resume_from = %r, confirmed = %confirmed, "resume position is behind the slot's confirmed position; streaming from the slot's position");
+                // The slot was acknowledged past what the change log holds
+                // (a data_dir restored from a backup or copied from another
+                // agent): the server would start at `confirmed`, and what
+                // lies between was never applied from this log.
+                return Err(ConnectorError::new(
+                    ErrorKind::PositionLost,
+                    format!(
+                        "postgres store `{store}`: replication slot `{}` has confirmed {confirmed}, past the change log's resume position {r}; the changes between them are not in this log",
+                        config.slot
+                    ),
+                )
+                .with_hint("the change log is older than the slot (data_dir restored from a backup, or another agent used the slot): re-snapshot the pipelines' tables from this store"));
             }
         }
         let start = resume_from.unwrap_or(confirmed).max(confirmed);
