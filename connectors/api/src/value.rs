@@ -42,7 +42,7 @@ pub enum Value {
     /// a configured `time_zone`, with the offset that zone had at that moment.
     /// Sinks write the local time into a column without zone and the instant
     /// into a zoned one.
-    ZonedTimestamp(DateTime<FixedOffset>),
+    ZonedTimestamp(#[serde(with = "zoned_text")] DateTime<FixedOffset>),
     /// A value the source sent but Callosum cannot decode. Capture carries it
     /// instead of halting the store; the sink refuses it as a conversion error
     /// for the pipeline concerned (dead letter or halt, per `on_error`).
@@ -51,6 +51,63 @@ pub enum Value {
         type_name: String,
         reason: String,
     },
+}
+
+/// [`Value::ZonedTimestamp`] as text with the offset's seconds: a zone's
+/// local mean time before its first standard offset has them (Berlin's is
+/// +00:53:28), and chrono's own serde form (RFC 3339) drops them, which
+/// moved the instant by up to 59 seconds through the change log. The text
+/// is a string like chrono's, so logs written before still read (their
+/// offsets had whole minutes or were already cut).
+mod zoned_text {
+    use chrono::{DateTime, FixedOffset, NaiveDateTime};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    const LOCAL: &str = "%Y-%m-%dT%H:%M:%S%.f";
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<FixedOffset>, s: S) -> Result<S::Ok, S::Error> {
+        let local = ts.naive_local().format(LOCAL);
+        let offset = ts.offset().local_minus_utc();
+        let sign = if offset < 0 { '-' } else { '+' };
+        let a = offset.unsigned_abs();
+        s.collect_str(&format_args!(
+            "{local}{sign}{:02}:{:02}:{:02}",
+            a / 3600,
+            a / 60 % 60,
+            a % 60
+        ))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<FixedOffset>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text)
+            .or_else(|| text.parse().ok())
+            .ok_or_else(|| D::Error::custom("invalid zoned timestamp"))
+    }
+
+    /// `<local>±hh:mm:ss`, as [`serialize`] writes it.
+    fn parse(text: &str) -> Option<DateTime<FixedOffset>> {
+        let at = text.len().checked_sub(9)?;
+        let (local, offset) = (text.get(..at)?, text.get(at..)?.as_bytes());
+        let sign = match offset[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let field = |i: usize| -> Option<i32> {
+            let d = offset.get(i..i + 2)?;
+            d.iter()
+                .all(u8::is_ascii_digit)
+                .then(|| i32::from(d[0] - b'0') * 10 + i32::from(d[1] - b'0'))
+        };
+        if offset[3] != b':' || offset[6] != b':' {
+            return None;
+        }
+        let seconds = field(1)? * 3600 + field(4)? * 60 + field(7)?;
+        let offset = FixedOffset::east_opt(sign * seconds)?;
+        let local = NaiveDateTime::parse_from_str(local, LOCAL).ok()?;
+        local.and_local_timezone(offset).single()
+    }
 }
 
 /// A duration with PostgreSQL's three fields, so that `1 mon` and `30 days`
@@ -175,7 +232,30 @@ impl Value {
 
 #[cfg(test)]
 mod tests {
-    use super::Interval;
+    use super::{Interval, Value};
+    use chrono::{DateTime, FixedOffset, NaiveDate};
+
+    #[test]
+    fn zoned_timestamps_keep_the_seconds_of_their_offset() {
+        let local = NaiveDate::from_ymd_opt(1850, 3, 1)
+            .unwrap()
+            .and_hms_micro_opt(12, 0, 0, 5)
+            .unwrap();
+        for seconds in [3208, -3208, 0, 19_800, -86_399] {
+            let zone = FixedOffset::east_opt(seconds).unwrap();
+            let v = Value::ZonedTimestamp(local.and_local_timezone(zone).unwrap());
+            let bytes = bincode::serialize(&v).unwrap();
+            assert_eq!(bincode::deserialize::<Value>(&bytes).unwrap(), v);
+        }
+        // What chrono's serde wrote before (whole-minute offsets) still reads:
+        // the variant's index, then chrono's RFC 3339 string.
+        let old: DateTime<FixedOffset> = "2024-03-31T03:30:00.25+02:00".parse().unwrap();
+        let bytes = bincode::serialize(&(17u32, old)).unwrap();
+        assert_eq!(
+            bincode::deserialize::<Value>(&bytes).unwrap(),
+            Value::ZonedTimestamp(old)
+        );
+    }
 
     #[test]
     fn intervals_print_as_iso_8601_with_signs_per_field() {
