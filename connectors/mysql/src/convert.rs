@@ -101,6 +101,11 @@ impl TargetType {
             "int" | "integer" => int(32),
             "bigint" => int(64),
             "year" => TargetType::Year,
+            // bit(n): an integer of n bits (NUMERIC_PRECISION is n).
+            "bit" => TargetType::Int {
+                min: 0,
+                max: (1i128 << precision.unwrap_or(1).clamp(1, 64)) - 1,
+            },
             "decimal" | "numeric" | "dec" | "fixed" => TargetType::Decimal {
                 precision: precision.unwrap_or(10) as u32,
                 scale: scale.unwrap_or(0) as u32,
@@ -628,6 +633,16 @@ mod tests {
         assert_eq!(lit(Value::Bool(true), t.clone()).unwrap(), "1");
         assert_eq!(lit(Value::Bool(false), t).unwrap(), "0");
         assert!(lit(Value::Bool(true), ty("varchar", "varchar(5)")).is_err());
+    }
+
+    #[test]
+    fn bits_take_integers_of_their_width() {
+        let t = TargetType::from_catalog("bit", "bit(12)", None, Some(12), None, None);
+        assert_eq!(lit(Value::UInt(4095), t.clone()).unwrap(), "4095");
+        assert!(lit(Value::UInt(4096), t.clone()).is_err());
+        assert!(lit(Value::Int(-1), t).is_err());
+        let t = TargetType::from_catalog("bit", "bit(64)", None, Some(64), None, None);
+        assert_eq!(lit(Value::UInt(u64::MAX), t).unwrap(), u64::MAX.to_string());
     }
 
     #[test]
