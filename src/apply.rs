@@ -13,13 +13,13 @@
 //! agent and the target taking turns). At most [`PREFETCH_CHUNKS`] chunks of
 //! `max_batch_events` events wait, so memory stays bounded.
 
-use callosum_api::{ChangeEvent, ConnectorError, ErrorKind, Position, Sink};
+use callosum_api::{ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::dead_letter::{DeadLetterCommand, DeadLetterQueue, QueueSize};
 use crate::log::{DeadLetter, DeadLetterReason, LogError, LogReader, Pending, TxnRecord};
@@ -295,12 +295,57 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
         events: &[ChangeEvent],
         outcome: Result<(), Failure>,
     ) -> Result<(), ConnectorError> {
+        let outcome = match outcome {
+            Err(failure) => {
+                self.retry_if_target_changed(transactions, events, failure)
+                    .await
+            }
+            Ok(()) => Ok(()),
+        };
         match outcome {
             Ok(()) => Ok(()),
             Err(Failure::Rejected(err)) => self.take_apart(transactions, events, err).await,
             Err(Failure::Failed(err)) => Err(err),
             // only chunks of a streamed transaction are checked mid-way
             Err(Failure::QueuedBehind(_)) => Err(out_of_step()),
+        }
+    }
+
+    /// A schema or conversion error may come from what the sink cached of
+    /// the target rather than from the data: the operator altered the
+    /// target table while the pipeline ran (widened a column, dropped it
+    /// and added it with another type). The sink reads the batch's target
+    /// tables again and, when one changed, the batch is applied once more;
+    /// otherwise, or when that fails too, the failure stands (dead letter
+    /// or halt).
+    async fn retry_if_target_changed(
+        &mut self,
+        transactions: &[(u64, TxnRecord)],
+        events: &[ChangeEvent],
+        failure: Failure,
+    ) -> Result<(), Failure> {
+        let (Failure::Rejected(err) | Failure::Failed(err)) = &failure else {
+            return Err(failure);
+        };
+        if events.is_empty() || !matches!(err.kind, ErrorKind::Schema | ErrorKind::Conversion) {
+            return Err(failure);
+        }
+        let mut tables: Vec<TableId> = Vec::new();
+        for event in events {
+            if !tables.contains(&event.schema.table) {
+                tables.push(event.schema.table.clone());
+            }
+        }
+        match self.sink.refresh_targets(&tables).await {
+            Ok(true) => {
+                info!(error = %err, "the target changed since it was read: applying the batch again");
+                self.commit(transactions, events).await
+            }
+            Ok(false) => Err(failure),
+            Err(refresh) => {
+                warn!(error = %refresh, "reading the target tables again failed");
+                Err(failure)
+            }
         }
     }
 

@@ -17,13 +17,14 @@ use callosum::dead_letter::api::{
 use callosum::dead_letter::DiscardSelection;
 use callosum::dead_letter::{DeadLetterQueue, QueueSize};
 use callosum::http::PipelineState;
-use callosum::log::{ChangeLog, DeadLetter, Pending};
+use callosum::log::{ChangeLog, DeadLetter, LogWriter, Pending};
 use callosum::testkit::{MariaDbServer, PgServer};
 use callosum_api::{
-    ChangeEvent, ColumnSchema, ErrorKind, Lsn, Position, RowChange, TableId, TableSchema,
+    ChangeEvent, ColumnSchema, ErrorKind, Lsn, Position, RowChange, Sink, TableId, TableSchema,
     TransactionMeta, Value,
 };
 use callosum_mysql::{MySqlSink, MySqlSinkConfig};
+use callosum_postgres::{PgSink, PgSinkConfig};
 use common::agent_process::{kill, spawn_agent, write_config};
 use common::schema::{MYSQL_PLAIN_ORDERS, PLAIN_ORDERS};
 use common::Databases;
@@ -844,4 +845,200 @@ async fn replay_interrupted(prefix: &str, interruption: Interruption) {
         "one replayed transaction, one committed replay: {marker_writes:?}"
     );
     kill(&mut agent).await;
+}
+
+/// Which sink a stale-catalog test runs against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Mysql,
+    /// PostgreSQL → PostgreSQL, into `target.orders` of the same database.
+    Postgres,
+}
+
+/// The target's rows as `id:length of note` (0 for NULL).
+async fn target_notes(db: &Databases, target: Target) -> Vec<String> {
+    let rows =
+        match target {
+            Target::Mysql => common::mysql_rows(
+                &db.mysql,
+                "SELECT CONCAT(id, ':', COALESCE(CHAR_LENGTH(note), 0)) FROM orders ORDER BY id",
+            )
+            .await,
+            Target::Postgres => common::pg_rows(
+                &db.pg,
+                "SELECT id || ':' || COALESCE(char_length(note), 0) FROM target.orders ORDER BY id",
+            )
+            .await,
+        };
+    rows.into_iter().map(|r| r[0].clone().unwrap()).collect()
+}
+
+/// One source transaction inserting order `id`, flushed.
+async fn write_order(writer: &mut LogWriter, schema: &Arc<TableSchema>, id: i64, note: String) {
+    writer.begin();
+    writer
+        .append(ChangeEvent {
+            schema: schema.clone(),
+            change: RowChange::Insert {
+                row: vec![
+                    Value::Int(id),
+                    Value::Int(id),
+                    Value::Text("new".into()),
+                    Value::Decimal("1.00".into()),
+                    Value::Text(note),
+                ],
+            },
+        })
+        .unwrap();
+    writer
+        .commit(TransactionMeta {
+            position: Position::Pg(Lsn(id as u64 * 100)),
+            resume_position: Position::Pg(Lsn(id as u64 * 100 + 1)),
+            commit_time_micros: 0,
+            origin: None,
+        })
+        .unwrap();
+    writer.flush().await.unwrap();
+}
+
+/// The operator alters the target table while the pipeline runs: `note`,
+/// `varchar(200)` when the sink read the catalog, is dropped and added
+/// again as text. The next note of 300 characters is refused by the stale
+/// cache; the sink reads the table again and the batch is applied on the
+/// retry: no dead letter (`on_error = "dead_letter"`), no halt (`halt`).
+async fn a_target_altered_while_running_is_read_again(target: Target, on_error: OnPermanentError) {
+    let db = databases(&format!("stale_{target:?}").to_lowercase()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let column = |name: &str, source_type: &str, is_key| ColumnSchema {
+        name: name.into(),
+        source_type: source_type.into(),
+        is_key,
+    };
+    let schema = Arc::new(TableSchema {
+        table: TableId::new("public", "orders"),
+        columns: vec![
+            column("id", "int8", true),
+            column("customer_id", "int8", false),
+            column("status", "varchar", false),
+            column("amount", "numeric", false),
+            column("note", "text", false),
+        ],
+    });
+    let mut writer = log.writer("crm").unwrap();
+    write_order(&mut writer, &schema, 1, "n".into()).await;
+    let source = schema.table.clone();
+    let recorder = match target {
+        Target::Mysql => {
+            let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
+            let mut sink = MySqlSink::connect(MySqlSinkConfig {
+                store: "erp".into(),
+                url: db.mysql_url.clone(),
+                password: None,
+                pipeline: PIPELINE.into(),
+                tables: vec![(source, TableId::new(&database, "orders"))],
+                time_zone: None,
+            })
+            .await
+            .unwrap();
+            run_while_altered(&mut sink, &log, &mut writer, &schema, &db, target, on_error).await
+        }
+        Target::Postgres => {
+            db.pg
+                .batch_execute(&format!(
+                    "CREATE SCHEMA target; {}",
+                    common::schema::PG_PLAIN_ORDERS.replace("TABLE orders", "TABLE target.orders")
+                ))
+                .await
+                .unwrap();
+            let config = PgSinkConfig {
+                store: "warehouse".into(),
+                url: db.pg_url.clone(),
+                password: None,
+                pipeline: PIPELINE.into(),
+                tables: vec![(source, TableId::new("target", "orders"))],
+            };
+            callosum_postgres::ensure_checkpoint_table(&config)
+                .await
+                .unwrap();
+            let mut sink = PgSink::connect(config).await.unwrap();
+            run_while_altered(&mut sink, &log, &mut writer, &schema, &db, target, on_error).await
+        }
+    };
+    assert!(
+        recorder.dead_letters.is_empty(),
+        "{:?}",
+        recorder.dead_letters
+    );
+}
+
+/// Runs the apply loop: order 1 is applied, the target's `note` is dropped
+/// and added again as text, order 2 with a 300-character note follows.
+async fn run_while_altered<K: Sink>(
+    sink: &mut K,
+    log: &ChangeLog,
+    writer: &mut LogWriter,
+    schema: &Arc<TableSchema>,
+    db: &Databases,
+    target: Target,
+    on_error: OnPermanentError,
+) -> Recorder {
+    let mut reader = log.reader("crm", PIPELINE).unwrap();
+    let mut queue = DeadLetterQueue::open(log.dead_letters(PIPELINE).unwrap()).unwrap();
+    let mut recorder = Recorder::default();
+    let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let (_commands_tx, mut commands) = tokio::sync::mpsc::channel(1);
+    let applying = apply::apply(
+        sink,
+        &mut reader,
+        ApplyOptions {
+            max_batch_events: 5000,
+            on_error,
+        },
+        &mut queue,
+        &mut recorder,
+        &mut shutdown,
+        &mut commands,
+    );
+    let watching = async {
+        common::wait_for("order 1 in the target", Duration::from_secs(30), || async {
+            target_notes(db, target).await == ["1:1"]
+        })
+        .await;
+        match target {
+            Target::Mysql => {
+                common::mysql_exec(
+                    &db.mysql,
+                    "ALTER TABLE orders DROP COLUMN note, ADD COLUMN note TEXT",
+                )
+                .await
+            }
+            Target::Postgres => db
+                .pg
+                .batch_execute("ALTER TABLE target.orders DROP COLUMN note, ADD COLUMN note text")
+                .await
+                .unwrap(),
+        }
+        write_order(writer, schema, 2, "v".repeat(300)).await;
+        common::wait_for(
+            "order 2 with its 300-character note",
+            Duration::from_secs(30),
+            || async { target_notes(db, target).await == ["1:0", "2:300"] },
+        )
+        .await;
+        stop.send(true).unwrap();
+    };
+    let (stopped, ()) = tokio::join!(applying, watching);
+    assert!(matches!(stopped, Ok(ApplyStop::Shutdown)), "{stopped:?}");
+    recorder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_target_altered_while_running_is_read_again_instead_of_dead_lettering() {
+    a_target_altered_while_running_is_read_again(Target::Mysql, OnPermanentError::DeadLetter).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_target_altered_while_running_is_read_again_instead_of_halting() {
+    a_target_altered_while_running_is_read_again(Target::Postgres, OnPermanentError::Halt).await;
 }

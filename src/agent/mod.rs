@@ -483,6 +483,12 @@ impl Sink for AnySink {
     async fn rollback(&mut self) -> Result<(), ConnectorError> {
         on_sink!(self, sink => sink.rollback().await)
     }
+    async fn refresh_targets(
+        &mut self,
+        tables: &[callosum_api::TableId],
+    ) -> Result<bool, ConnectorError> {
+        on_sink!(self, sink => sink.refresh_targets(tables).await)
+    }
 }
 
 fn store_password(store: &StoreConfig) -> Result<Option<String>, ConnectorError> {

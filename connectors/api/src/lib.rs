@@ -248,6 +248,22 @@ pub trait Sink: Send {
 
     /// Rolls back the open target transaction, if any.
     fn rollback(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Reads the target tables of the source tables `tables` from the
+    /// catalog again, outside a target transaction, and forgets what was
+    /// cached about those that changed. Returns whether any changed: the
+    /// apply loop then retries, once, a batch the target refused with a
+    /// [`ErrorKind::Schema`] or [`ErrorKind::Conversion`] error, because
+    /// the operator may have altered the target while the sink ran (a
+    /// column widened, dropped and added with another type). The default
+    /// caches nothing: `false`.
+    fn refresh_targets(
+        &mut self,
+        tables: &[TableId],
+    ) -> impl Future<Output = Result<bool, ConnectorError>> + Send {
+        let _ = tables;
+        async { Ok(false) }
+    }
 }
 
 /// A prerequisite that `callosum check` found missing: what is wrong and how

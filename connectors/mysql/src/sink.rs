@@ -375,11 +375,11 @@ impl MySqlSink {
     }
 
     /// Reads `source`'s target table from the catalog again; when it
-    /// changed, forgets the table's column maps.
-    async fn reread_target(&mut self, source: &TableId) -> Result<(), ConnectorError> {
+    /// changed, forgets the table's column maps and returns `true`.
+    async fn reread_target(&mut self, source: &TableId) -> Result<bool, ConnectorError> {
         let store = &self.config.store;
         let Some(old) = self.tables.get(source) else {
-            return Ok(()); // build_map names the unconfigured table
+            return Ok(false); // build_map names the unconfigured table
         };
         let id = old.id.clone();
         let Some(table) = read_table(&mut self.conn, store, &id).await? else {
@@ -410,7 +410,7 @@ impl MySqlSink {
             self.maps.forget(source);
         }
         self.tables.insert(source.clone(), table);
-        Ok(())
+        Ok(!same)
     }
 
     /// A column map of `schema` onto its target table as last read.
@@ -791,6 +791,17 @@ fn push_values_assignment(sql: &mut String, name: &str) {
 }
 
 impl Sink for MySqlSink {
+    async fn refresh_targets(&mut self, tables: &[TableId]) -> Result<bool, ConnectorError> {
+        if self.in_transaction {
+            self.abort().await;
+        }
+        let mut changed = false;
+        for table in tables {
+            changed |= self.reread_target(table).await?;
+        }
+        Ok(changed)
+    }
+
     async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
         self.sql.clear();
         self.sql.push_str("SELECT source_position FROM ");

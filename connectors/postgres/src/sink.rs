@@ -655,12 +655,12 @@ impl PgSink {
     }
 
     /// Reads `source`'s target table from the catalog again; when its
-    /// columns changed, forgets the table's column maps and moves its
-    /// staging table to one with the new columns.
-    async fn reread_target(&mut self, source: &TableId) -> Result<(), ConnectorError> {
+    /// columns changed, forgets the table's column maps, moves its staging
+    /// table to one with the new columns and returns `true`.
+    async fn reread_target(&mut self, source: &TableId) -> Result<bool, ConnectorError> {
         let store = &self.config.store;
         let Some(target) = self.targets.get_mut(source) else {
-            return Ok(()); // build_map names the unconfigured table
+            return Ok(false); // build_map names the unconfigured table
         };
         let id = target.table.id.clone();
         let Some(table) = read_table(&self.conn.client, store, &id).await? else {
@@ -683,7 +683,7 @@ impl PgSink {
         }
         if same_columns(&target.table, &table) {
             target.table = table;
-            return Ok(());
+            return Ok(false);
         }
         info!(store = %store, pipeline = %self.config.pipeline, table = %id, "target table changed: columns read again");
         if target.stage.is_some() {
@@ -698,7 +698,7 @@ impl PgSink {
         }
         target.table = table;
         self.maps.forget(source);
-        Ok(())
+        Ok(true)
     }
 
     /// A column map of `schema` onto its target table as last read.
@@ -1211,6 +1211,17 @@ async fn update_key(
 }
 
 impl Sink for PgSink {
+    async fn refresh_targets(&mut self, tables: &[TableId]) -> Result<bool, ConnectorError> {
+        if self.in_transaction {
+            self.abort().await;
+        }
+        let mut changed = false;
+        for table in tables {
+            changed |= self.reread_target(table).await?;
+        }
+        Ok(changed)
+    }
+
     async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
         let mut sql = String::from("SELECT source_position FROM ");
         push_table(&mut sql, &checkpoint_table());
