@@ -1042,3 +1042,135 @@ async fn a_mariadb_target_altered_while_running_is_read_again_instead_of_dead_le
 async fn a_postgres_target_altered_while_running_is_read_again_instead_of_halting() {
     a_target_altered_while_running_is_read_again(Target::Postgres, OnPermanentError::Halt).await;
 }
+
+/// The source adds a column the MariaDB target lacks: the first row with
+/// it is dead-lettered as a `schema` error naming the column (and so are
+/// no others: a retry reads the unchanged target and gives up); after the
+/// operator adds the column, `dlq replay` applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_column_the_target_lacks_is_dead_lettered_by_name_and_replayed_once_added() {
+    let db = databases("stale_missing").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let column = |name: &str, source_type: &str, is_key| ColumnSchema {
+        name: name.into(),
+        source_type: source_type.into(),
+        is_key,
+    };
+    let v1 = Arc::new(TableSchema {
+        table: TableId::new("public", "orders"),
+        columns: vec![
+            column("id", "int8", true),
+            column("customer_id", "int8", false),
+            column("status", "varchar", false),
+            column("amount", "numeric", false),
+            column("note", "text", false),
+        ],
+    });
+    let mut v2 = (*v1).clone();
+    v2.columns.push(column("priority", "int4", false));
+    let v2 = Arc::new(v2);
+    let mut writer = log.writer("crm").unwrap();
+    write_order(&mut writer, &v1, 1, "n".into()).await;
+    writer.begin();
+    writer
+        .append(ChangeEvent {
+            schema: v2.clone(),
+            change: RowChange::Insert {
+                row: vec![
+                    Value::Int(2),
+                    Value::Int(2),
+                    Value::Text("new".into()),
+                    Value::Decimal("2.00".into()),
+                    Value::Text("n".into()),
+                    Value::Int(5),
+                ],
+            },
+        })
+        .unwrap();
+    writer
+        .commit(TransactionMeta {
+            position: Position::Pg(Lsn(200)),
+            resume_position: Position::Pg(Lsn(201)),
+            commit_time_micros: 0,
+            origin: None,
+        })
+        .unwrap();
+    writer.flush().await.unwrap();
+    let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
+    let config = |pipeline: String| MySqlSinkConfig {
+        store: "erp".into(),
+        url: db.mysql_url.clone(),
+        password: None,
+        pipeline,
+        tables: vec![(v1.table.clone(), TableId::new(&database, "orders"))],
+        time_zone: None,
+    };
+    let mut sink = MySqlSink::connect(config(PIPELINE.into())).await.unwrap();
+    let mut reader = log.reader("crm", PIPELINE).unwrap();
+    let mut queue = DeadLetterQueue::open(log.dead_letters(PIPELINE).unwrap()).unwrap();
+    let mut recorder = Recorder::default();
+    let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let (_commands_tx, mut commands) = tokio::sync::mpsc::channel(1);
+    let applying = apply::apply(
+        &mut sink,
+        &mut reader,
+        ApplyOptions {
+            max_batch_events: 5000,
+            on_error: OnPermanentError::DeadLetter,
+        },
+        &mut queue,
+        &mut recorder,
+        &mut shutdown,
+        &mut commands,
+    );
+    let watching = async {
+        common::wait_for(
+            "the checkpoint past order 2",
+            Duration::from_secs(30),
+            || async {
+                common::mysql_rows(&db.mysql, "SELECT source_position FROM callosum_checkpoint")
+                    .await
+                    == vec![vec![Some(Position::Pg(Lsn(200)).to_string())]]
+            },
+        )
+        .await;
+        stop.send(true).unwrap();
+    };
+    let (stopped, ()) = tokio::join!(applying, watching);
+    assert!(matches!(stopped, Ok(ApplyStop::Shutdown)), "{stopped:?}");
+    drop(queue);
+    assert_eq!(
+        recorder.dead_letters,
+        vec![(1, Position::Pg(Lsn(200)), Some(ErrorKind::Schema))]
+    );
+    assert_eq!(mysql_ids(&db).await, ["1"]);
+    let dead_letters = log.dead_letters(PIPELINE).unwrap();
+    let entry = &dead_letters.list().unwrap()[0];
+    assert!(
+        entry.reason.message.contains("priority") && entry.reason.message.contains("orders"),
+        "names the column and the table: {}",
+        entry.reason.message
+    );
+
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders ADD COLUMN priority INT").await;
+    let mut replay_sink = MySqlSink::connect(config(
+        callosum::dead_letter::replay_checkpoint_name(PIPELINE),
+    ))
+    .await
+    .unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let report =
+        callosum::dead_letter::replay(&mut replay_sink, &dead_letters, None, 1000, &shutdown)
+            .await
+            .unwrap();
+    assert_eq!(report.replayed, vec![1], "{report:?}");
+    assert_eq!(
+        common::mysql_rows(
+            &db.mysql,
+            "SELECT CAST(priority AS CHAR) FROM orders WHERE id = 2"
+        )
+        .await,
+        vec![vec![Some("5".to_string())]]
+    );
+}
