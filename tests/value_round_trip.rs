@@ -636,6 +636,14 @@ fn mariadb_types() -> Vec<(&'static str, ColumnDef, fn(&mut StdRng) -> MyValue)>
         }
     }
     fn datetime(rng: &mut StdRng) -> MyValue {
+        if rng.gen_ratio(1, 20) {
+            let mut image = 0x80_0000_0000u64.to_be_bytes()[3..].to_vec();
+            image.extend_from_slice(&[0, 0, 0]);
+            return MyValue {
+                image,
+                literal: "NULL".into(),
+            };
+        }
         let (y, mo, d) = ymd(rng);
         let (h, mi, s) = (
             rng.gen_range(0..24u64),
