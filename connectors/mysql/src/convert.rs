@@ -151,6 +151,38 @@ pub type Reason = &'static str;
 
 const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the target type";
 
+/// [`write_literal`] for a value of a source column of type `source_type`
+/// (its [`callosum_api::ColumnSchema::source_type`]): PostgreSQL text forms
+/// that a column of another kind holds converted first ([`crate::pg_text`]):
+/// arrays (`_int4`, …) and composites into a JSON column as JSON arrays,
+/// `money` into decimal and float columns as its number. Into text columns
+/// they stay PostgreSQL's text.
+pub fn write_source_literal(
+    out: &mut String,
+    v: &Value,
+    source_type: &str,
+    ty: &TargetType,
+) -> Result<(), Reason> {
+    use crate::pg_text;
+    match (v, ty) {
+        (Value::Text(s), TargetType::Json) if pg_text::is_array_type(source_type) => {
+            let kind = pg_text::ElementKind::of_array_type(source_type);
+            write_quoted(out, &pg_text::array_to_json(s, kind)?);
+        }
+        (Value::Text(s), TargetType::Json) if pg_text::may_be_composite(source_type, s) => {
+            write_quoted(out, &pg_text::composite_to_json(s)?);
+        }
+        (Value::Text(s), TargetType::Decimal { .. } | TargetType::Float | TargetType::Double)
+            if source_type == "money" =>
+        {
+            let number = Value::Decimal(pg_text::money_to_decimal(s)?);
+            write_literal(out, &number, ty)?;
+        }
+        _ => write_literal(out, v, ty)?,
+    }
+    Ok(())
+}
+
 /// Appends `v` as a SQL literal for a column of type `ty`.
 ///
 /// Conversions (anything else is an error; `Null` is `NULL` for every type):
@@ -166,7 +198,7 @@ const NOT_CONVERTIBLE: Reason = "the source type cannot be converted to the targ
 /// | `Bytes` | binary/varbinary/blob types (length in bytes) |
 /// | `Date` | date, datetime, timestamp |
 /// | `Time` | time |
-/// | `Interval` | time (microseconds only, within ±838:59:59), char/varchar/text (ISO 8601) |
+/// | `Interval` | time (no months; days as 24 h; within ±838:59:59), char/varchar/text (ISO 8601) |
 /// | `ZonedTimestamp` | datetime (its local time), timestamp (its instant) |
 ///
 /// In a store with a `time_zone`, datetime columns are
@@ -198,8 +230,14 @@ pub fn write_literal(out: &mut String, v: &Value, ty: &TargetType) -> Result<(),
                 return Err("NaN and infinity cannot be stored");
             }
             match ty {
-                T::Float if f.abs() > f32::MAX as f64 => {
+                // float4's extremes arrive as their shortest text
+                // (3.4028235e38), just above f32::MAX as a double: written
+                // as the single-precision value they name
+                T::Float if (*f as f32).is_infinite() => {
                     return Err("out of range for a single-precision float")
+                }
+                T::Float => {
+                    let _ = write!(out, "{:?}", f64::from(*f as f32));
                 }
                 T::Decimal { precision, scale } => {
                     let text = format!("{f}");
@@ -496,13 +534,18 @@ fn write_date(out: &mut String, d: &NaiveDate) -> Result<(), Reason> {
     Ok(())
 }
 
-/// A duration into a TIME column: microseconds only (no months or days),
-/// within MySQL's ±838:59:59.
+/// A duration into a TIME column: no months, days counted as 24 hours (as
+/// PostgreSQL compares intervals: `1 day 02:00` is `26:00:00`), within
+/// MySQL's ±838:59:59.
 fn write_duration(out: &mut String, i: &callosum_api::Interval, fsp: u32) -> Result<(), Reason> {
-    if i.months != 0 || i.days != 0 {
-        return Err("an interval with months or days cannot be stored in a time column");
+    if i.months != 0 {
+        return Err("an interval with months cannot be stored in a time column");
     }
-    let abs = i.micros.unsigned_abs();
+    let total = i64::from(i.days)
+        .checked_mul(86_400_000_000)
+        .and_then(|d| d.checked_add(i.micros))
+        .ok_or("out of range for a time column (±838:59:59)")?;
+    let abs = total.unsigned_abs();
     if abs > 838 * 3_600_000_000 + 59 * 60_000_000 + 59_000_000 {
         return Err("out of range for a time column (±838:59:59)");
     }
@@ -511,7 +554,7 @@ fn write_duration(out: &mut String, i: &callosum_api::Interval, fsp: u32) -> Res
         return Err("has more fractional seconds than the target column's precision");
     }
     let secs = abs / 1_000_000;
-    let sign = if i.micros < 0 { "-" } else { "" };
+    let sign = if total < 0 { "-" } else { "" };
     let _ = write!(
         out,
         "'{sign}{:02}:{:02}:{:02}",
@@ -694,6 +737,11 @@ mod tests {
             assert!(lit(Value::Float(f64::NEG_INFINITY), t.clone()).is_err());
         }
         assert!(lit(Value::Float(1e300), ty("float", "float")).is_err());
+        // float4's largest value as PostgreSQL prints it
+        assert_eq!(
+            lit(Value::Float(-3.4028235e38), ty("float", "float")).unwrap(),
+            format!("{:?}", f64::from(f32::MIN))
+        );
         assert!(lit(Value::Decimal("NaN".into()), ty("double", "double")).is_err());
     }
 
@@ -744,6 +792,36 @@ mod tests {
             "'P1Y2M-3DT1.5S'"
         );
         assert!(lit(iv, ty("time", "time(6)")).is_err());
+        // days count as 24 hours into a TIME column, within ±838:59:59
+        let days = |days, micros| {
+            Value::Interval(callosum_api::Interval {
+                months: 0,
+                days,
+                micros,
+            })
+        };
+        assert_eq!(
+            lit(days(1, 2 * 3_600_000_000), ty("time", "time")).unwrap(),
+            "'26:00:00'"
+        );
+        assert_eq!(
+            lit(days(-1, -1), TargetType::Time { fsp: 6 }).unwrap(),
+            "'-24:00:00.000001'"
+        );
+        assert_eq!(
+            lit(days(1, -2 * 3_600_000_000), ty("time", "time")).unwrap(),
+            "'22:00:00'"
+        );
+        assert_eq!(
+            lit(
+                days(34, 22 * 3_600_000_000 + 3_599_000_000),
+                ty("time", "time")
+            )
+            .unwrap(),
+            "'838:59:59'"
+        );
+        assert!(lit(days(35, 0), ty("time", "time")).is_err());
+        assert!(lit(days(i32::MAX, i64::MAX), ty("time", "time")).is_err());
         let inf = Value::Infinity { negative: true };
         assert!(lit(inf.clone(), ty("date", "date")).is_err());
         assert!(lit(inf, ty("datetime", "datetime(6)")).is_err());
@@ -890,6 +968,43 @@ mod tests {
         );
         assert!(lit(Value::Unchanged, ty("int", "int")).is_err());
         assert!(lit(Value::Int(1), ty("geometry", "geometry")).is_err());
+    }
+
+    #[test]
+    fn postgresql_text_forms_by_source_type() {
+        let src = |v: Value, source: &str, ty: TargetType| {
+            let mut s = String::new();
+            write_source_literal(&mut s, &v, source, &ty).map(|_| s)
+        };
+        let text = |s: &str| Value::Text(s.into());
+        assert_eq!(
+            src(text("{1,2,NULL}"), "_int4", TargetType::Json).unwrap(),
+            "'[1,2,null]'"
+        );
+        assert_eq!(
+            src(text(r#"{"it's",c}"#), "_text", TargetType::Json).unwrap(),
+            r#"'["it''s","c"]'"#
+        );
+        assert_eq!(
+            src(text(r#"(1,"x y")"#), "address", TargetType::Json).unwrap(),
+            r#"'["1","x y"]'"#
+        );
+        // into a text column they stay PostgreSQL's text
+        assert_eq!(
+            src(text("{1,2}"), "_int4", ty("longtext", "longtext")).unwrap(),
+            "'{1,2}'"
+        );
+        assert!(src(text("{1,2"), "_int4", TargetType::Json).is_err());
+        let dec = TargetType::Decimal {
+            precision: 12,
+            scale: 2,
+        };
+        assert_eq!(
+            src(text("-$1,234.56"), "money", dec.clone()).unwrap(),
+            "-1234.56"
+        );
+        assert!(src(text("1.234,56 €"), "money", dec.clone()).is_err());
+        assert!(src(text("$1.00"), "text", dec).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod error;
 mod grants;
 pub mod jsonb;
 pub mod keys;
+pub mod pg_text;
 pub mod row_value;
 mod sink;
 mod source;

@@ -2,7 +2,7 @@
 //! `INSERT … ON DUPLICATE KEY UPDATE` and `DELETE … IN (…)` statements over
 //! the text protocol.
 
-use crate::convert::{write_literal, write_quoted, TargetType};
+use crate::convert::{write_quoted, write_source_literal, TargetType};
 use crate::error::classify;
 use crate::keys;
 use callosum_api::batch::{plan_with, unique_key_positions, Step};
@@ -142,6 +142,7 @@ pub(crate) async fn read_table(
             ty,
         });
     }
+    mark_json_columns(conn, table, &mut columns).await;
     let pk: Vec<String> = conn
         .exec(
             "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
@@ -174,6 +175,41 @@ pub(crate) async fn read_table(
         unique_keys,
         key_collations,
     }))
+}
+
+/// MariaDB's `JSON` is `LONGTEXT` with a `CHECK (json_valid(col))`: such
+/// columns are [`TargetType::Json`]. MySQL has a native json type and no
+/// `TABLE_NAME` in `CHECK_CONSTRAINTS`: when the query fails, nothing is
+/// marked.
+async fn mark_json_columns(conn: &mut Conn, table: &TableId, columns: &mut [TargetColumn]) {
+    if !columns
+        .iter()
+        .any(|c| matches!(c.ty, TargetType::Text { .. }))
+    {
+        return;
+    }
+    let checks: Result<Vec<String>, _> = conn
+        .exec(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+            (&table.namespace, &table.name),
+        )
+        .await;
+    let Ok(checks) = checks else { return };
+    for check in checks {
+        let clause: String = check
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        for column in columns.iter_mut() {
+            if matches!(column.ty, TargetType::Text { .. })
+                && clause == format!("json_valid(`{}`)", column.name.to_ascii_lowercase())
+            {
+                column.ty = TargetType::Json;
+            }
+        }
+    }
 }
 
 /// Opens a connection with the sink's session settings.
@@ -561,6 +597,7 @@ fn conversion_error(
     target_column: usize,
     schema: &TableSchema,
     source_column: usize,
+    value: &Value,
     reason: &str,
 ) -> ConnectorError {
     let col = &table.columns[target_column];
@@ -568,9 +605,13 @@ fn conversion_error(
     ConnectorError::new(
         ErrorKind::Conversion,
         format!(
-            "cannot write column `{}` of `{}` in store `{store}`: a value of source type {} \
+            "cannot write column `{}` of `{}` in store `{store}`: a {:?} value of source type {} \
              for target type {}: {reason}",
-            col.name, table.id, src.source_type, col.column_type
+            col.name,
+            table.id,
+            value.kind(),
+            src.source_type,
+            col.column_type
         ),
     )
     .with_hint(format!(
@@ -588,8 +629,9 @@ fn write_value(
     schema: &TableSchema,
     source_column: usize,
 ) -> Result<(), ConnectorError> {
-    write_literal(out, value, &table.columns[target_column].ty)
-        .map_err(|r| conversion_error(store, table, target_column, schema, source_column, r))
+    let source_type = &schema.columns[source_column].source_type;
+    write_source_literal(out, value, source_type, &table.columns[target_column].ty)
+        .map_err(|r| conversion_error(store, table, target_column, schema, source_column, value, r))
 }
 
 /// Builds the statement for `step` starting at row `from`; returns the index
