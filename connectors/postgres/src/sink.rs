@@ -119,6 +119,33 @@ pub(crate) struct TargetColumn {
     pub base_oid: u32,
 }
 
+impl TargetColumn {
+    /// Values are sent as text and cast to the column's type in SQL
+    /// ([`PgType::ViaText`]).
+    fn via_text(&self) -> bool {
+        self.ty == PgType::ViaText
+    }
+
+    /// The type of the column's parameters and staged values: `text` for
+    /// [`PgType::ViaText`] columns, else the base type.
+    fn param_type(&self) -> &str {
+        if self.via_text() {
+            "text"
+        } else {
+            &self.base_name
+        }
+    }
+
+    /// `expr` cast to the column's type when its values travel as text.
+    fn cast(&self, expr: &str) -> String {
+        if self.via_text() {
+            format!("{expr}::{}", self.display)
+        } else {
+            expr.to_string()
+        }
+    }
+}
+
 /// A target table as the catalog describes it.
 #[derive(Clone, Debug)]
 pub(crate) struct TargetTable {
@@ -348,7 +375,14 @@ fn stage_ddl(name: &str, table: &TargetTable) -> String {
     let columns: Vec<String> = table
         .columns
         .iter()
-        .map(|c| format!("{} {}", quote_ident(&c.name), c.base_display))
+        .map(|c| {
+            let ty = if c.via_text() {
+                "text"
+            } else {
+                &c.base_display
+            };
+            format!("{} {ty}", quote_ident(&c.name))
+        })
         .collect();
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS {name} ({}) ON COMMIT DELETE ROWS",
@@ -401,6 +435,10 @@ struct Conn {
     statements: HashMap<String, Statement>,
     /// Encoded parameters (or COPY data) of the statement being built.
     arena: BytesMut,
+    /// The SQLSTATE and message of the last failed statement, to tell which
+    /// column a type refused ([`Ctx::name_text_columns`]). It may hold a
+    /// value: never logged or put into an error.
+    last_db_error: Option<(String, String)>,
 }
 
 impl Conn {
@@ -446,7 +484,12 @@ impl Conn {
             self.client.execute_raw(sql, raw).await
         };
         self.arena = arena;
-        result.map_err(|e| from_sql_without_values(&self.store, doing, e))
+        result.map_err(|e| {
+            self.last_db_error = e
+                .as_db_error()
+                .map(|db| (db.code().code().to_string(), db.message().to_string()));
+            from_sql_without_values(&self.store, doing, e)
+        })
     }
 
     async fn simple(&self, sql: &str, doing: &str) -> Result<(), ConnectorError> {
@@ -522,6 +565,7 @@ impl PgSink {
             store: store.clone(),
             statements: HashMap::new(),
             arena: BytesMut::with_capacity(64 * 1024),
+            last_db_error: None,
         };
         match conn
             .client
@@ -763,70 +807,82 @@ impl PgSink {
                 table: &target.table,
                 map,
             };
-            match step {
-                Step::Truncate { .. } => {
-                    let mut sql = String::from(if target.table.referenced {
-                        "DELETE FROM "
-                    } else {
-                        "TRUNCATE "
-                    });
-                    push_table(&mut sql, &target.table.id);
-                    self.conn
-                        .simple(&sql, &format!("truncate `{}`", target.table.id))
-                        .await?;
-                }
-                Step::Delete { keys, .. } => {
-                    for chunk in keys.chunks(MAX_ARRAY_ROWS) {
-                        delete_keys(&mut self.conn, &ctx, chunk).await?;
+            self.conn.last_db_error = None;
+            let conn = &mut self.conn;
+            let result = async {
+                match step {
+                    Step::Truncate { .. } => {
+                        let mut sql = String::from(if target.table.referenced {
+                            "DELETE FROM "
+                        } else {
+                            "TRUNCATE "
+                        });
+                        push_table(&mut sql, &target.table.id);
+                        conn.simple(&sql, &format!("truncate `{}`", target.table.id))
+                            .await?;
                     }
-                }
-                Step::Upsert { present, rows, .. } => {
-                    let rows: Vec<&[Value]> = rows.iter().map(|r| r.as_ref()).collect();
-                    let chosen = match strategy {
-                        UpsertStrategy::Auto if rows.len() < COPY_THRESHOLD => {
-                            UpsertStrategy::Unnest
+                    Step::Delete { keys, .. } => {
+                        for chunk in keys.chunks(MAX_ARRAY_ROWS) {
+                            delete_keys(conn, &ctx, chunk).await?;
                         }
-                        UpsertStrategy::Auto | UpsertStrategy::Copy => {
-                            if target.stage.is_some() {
-                                UpsertStrategy::Copy
-                            } else {
+                    }
+                    Step::Upsert { present, rows, .. } => {
+                        let rows: Vec<&[Value]> = rows.iter().map(|r| r.as_ref()).collect();
+                        let chosen = match strategy {
+                            UpsertStrategy::Auto if rows.len() < COPY_THRESHOLD => {
                                 UpsertStrategy::Unnest
                             }
-                        }
-                        other => other,
-                    };
-                    match chosen {
-                        UpsertStrategy::Values => {
-                            upsert_values(&mut self.conn, &ctx, present, &rows).await?
-                        }
-                        UpsertStrategy::Copy => {
-                            let stage = target.stage.as_deref().expect("chosen only with a stage");
-                            if let (Some(ddl), false) = (&target.stage_ddl, target.stage_used) {
-                                self.conn.simple(ddl, "create the staging table").await?;
+                            UpsertStrategy::Auto | UpsertStrategy::Copy => {
+                                if target.stage.is_some() {
+                                    UpsertStrategy::Copy
+                                } else {
+                                    UpsertStrategy::Unnest
+                                }
                             }
-                            for chunk in rows.chunks(MAX_ARRAY_ROWS) {
-                                upsert_copy(
-                                    &mut self.conn,
-                                    &ctx,
-                                    stage,
-                                    target.stage_used,
-                                    present,
-                                    chunk,
-                                )
-                                .await?;
-                                target.stage_used = true;
+                            other => other,
+                        };
+                        match chosen {
+                            UpsertStrategy::Values => {
+                                upsert_values(conn, &ctx, present, &rows).await?
                             }
-                        }
-                        _ => {
-                            for chunk in rows.chunks(MAX_ARRAY_ROWS) {
-                                upsert_unnest(&mut self.conn, &ctx, present, chunk).await?;
+                            UpsertStrategy::Copy => {
+                                let stage =
+                                    target.stage.as_deref().expect("chosen only with a stage");
+                                if let (Some(ddl), false) = (&target.stage_ddl, target.stage_used) {
+                                    conn.simple(ddl, "create the staging table").await?;
+                                }
+                                for chunk in rows.chunks(MAX_ARRAY_ROWS) {
+                                    upsert_copy(
+                                        conn,
+                                        &ctx,
+                                        stage,
+                                        target.stage_used,
+                                        present,
+                                        chunk,
+                                    )
+                                    .await?;
+                                    target.stage_used = true;
+                                }
+                            }
+                            _ => {
+                                for chunk in rows.chunks(MAX_ARRAY_ROWS) {
+                                    upsert_unnest(conn, &ctx, present, chunk).await?;
+                                }
                             }
                         }
                     }
+                    Step::UpdateKey { old_key, row, .. } => {
+                        update_key(conn, &ctx, old_key, row).await?;
+                    }
                 }
-                Step::UpdateKey { old_key, row, .. } => {
-                    update_key(&mut self.conn, &ctx, old_key, row).await?;
-                }
+                Ok::<(), ConnectorError>(())
+            }
+            .await;
+            if let Err(err) = result {
+                return Err(match self.conn.last_db_error.take() {
+                    Some((code, message)) => ctx.name_refusing_columns(err, &code, &message),
+                    None => err,
+                });
             }
         }
         Ok(())
@@ -855,6 +911,75 @@ impl Ctx<'_> {
         let source = &self.map.schema.columns[s];
         encode(value, &column.ty, &source.source_type, out)
             .map_err(|reason| self.conversion_error(s, value, reason))
+    }
+
+    /// A statement failed in the server with a data exception (`22…`) or
+    /// a check violation (`23514`): a type's input function (for columns
+    /// whose values travel as text, [`PgType::ViaText`], or enums) or a
+    /// domain's check refused a value. Names the columns whose type the
+    /// server's message mentions; for a data exception naming none, every
+    /// column sent as text. Never the value (the message is only searched
+    /// for type names).
+    fn name_refusing_columns(
+        &self,
+        err: ConnectorError,
+        code: &str,
+        message: &str,
+    ) -> ConnectorError {
+        let data_exception = code.starts_with("22");
+        if !data_exception && code != "23514" {
+            return err;
+        }
+        let db_message = Some(message);
+        let all: Vec<&TargetColumn> = (0..self.map.target.len()).map(|s| self.column(s)).collect();
+        let text_columns: Vec<&TargetColumn> =
+            all.iter().copied().filter(|c| c.via_text()).collect();
+        // the server's message names the type it refused a value of:
+        // `invalid input syntax for type inet: …`, `invalid input value for
+        // enum deal_stage: …`, `value for domain positive violates …`
+        let mentioned = |c: &&TargetColumn| {
+            let Some(m) = db_message else { return false };
+            let parsed = c.via_text() || c.ty == PgType::Enum;
+            [c.display.as_str(), c.base_name.as_str()].iter().any(|t| {
+                let element = t.strip_suffix("[]");
+                m.contains(&format!("domain {t} "))
+                    || (parsed && m.contains(&format!(" {t}:")))
+                    || (parsed && element.is_some_and(|e| m.contains(&format!(" {e}:"))))
+                    || (parsed && element.is_some() && m.starts_with("malformed array literal"))
+                    || (parsed && t.ends_with("range") && m.starts_with("malformed range literal"))
+            })
+        };
+        let named: Vec<&TargetColumn> = all.iter().copied().filter(mentioned).collect();
+        let columns = if !named.is_empty() {
+            named
+        } else if data_exception && !text_columns.is_empty() {
+            text_columns
+        } else {
+            return err;
+        };
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| format!("`{}` ({})", c.name, c.display))
+            .collect();
+        let hint = err.hint.clone();
+        let mut out = ConnectorError::new(
+            err.kind,
+            format!(
+                "{}: the server refused a value of column {} of `{}` for its type",
+                err.message,
+                list.join(" or "),
+                self.table.id
+            ),
+        )
+        .with_hint(hint.unwrap_or_else(|| {
+            format!(
+                "make the source's values valid for the column's type (an enum label the type \
+                 lacks: `ALTER TYPE … ADD VALUE`), or change the type of the column in `{}`",
+                self.table.id
+            )
+        }));
+        out.source = err.source;
+        out
     }
 
     fn conversion_error(&self, s: usize, value: &Value, reason: Reason) -> ConnectorError {
@@ -926,14 +1051,52 @@ impl Ctx<'_> {
     }
 
     /// `$1::type[],$2::type[],…` for the given source columns, numbered
-    /// from `first`.
+    /// from `first` (`text[]` for columns whose values travel as text).
     fn array_params(&self, columns: &[usize], first: usize) -> String {
         columns
             .iter()
             .enumerate()
-            .map(|(n, &s)| format!("${}::{}[]", first + n, self.column(s).base_name))
+            .map(|(n, &s)| format!("${}::{}[]", first + n, self.column(s).param_type()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Whether any of the columns' values travel as text.
+    fn any_via_text(&self, columns: &[usize]) -> bool {
+        columns.iter().any(|&s| self.column(s).via_text())
+    }
+
+    /// `SELECT * FROM unnest($1::type[],…)`, or, when some columns' values
+    /// travel as text, `SELECT u.c0, u.c1::inet, … FROM unnest(…) AS
+    /// u(c0, c1, …)`: an array parameter cannot hold arrays (a target
+    /// column of an array type), so the cast is per element.
+    fn unnest_select(&self, columns: &[usize], first: usize) -> String {
+        let params = self.array_params(columns, first);
+        if !self.any_via_text(columns) {
+            return format!("SELECT * FROM unnest({params})");
+        }
+        let exprs: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| self.column(s).cast(&format!("u.c{n}")))
+            .collect();
+        let names: Vec<String> = (0..columns.len()).map(|n| format!("c{n}")).collect();
+        format!(
+            "SELECT {} FROM unnest({params}) AS u({})",
+            exprs.join(","),
+            names.join(",")
+        )
+    }
+
+    /// Parameter `$n`, cast to the column's type when its value travels as
+    /// text (`$n::text::inet`).
+    fn placeholder(&self, s: usize, n: usize) -> String {
+        let column = self.column(s);
+        if column.via_text() {
+            column.cast(&format!("${n}::text"))
+        } else {
+            format!("${n}")
+        }
     }
 
     /// Replaces `arena` with one binary array per source column of
@@ -966,7 +1129,12 @@ impl Ctx<'_> {
         let start = out.len();
         out.put_i32(1); // dimensions
         out.put_i32(0); // has nulls, patched below
-        out.put_u32(self.column(s).base_oid);
+        let element = if self.column(s).via_text() {
+            Type::TEXT.oid()
+        } else {
+            self.column(s).base_oid
+        };
+        out.put_u32(element);
         out.put_i32(rows.len() as i32);
         out.put_i32(1); // lower bound
         let mut has_null = false;
@@ -1021,12 +1189,11 @@ async fn upsert_values(
                 sql.push(',');
             }
             sql.push('(');
-            for c in 0..columns.len() {
+            for (c, &s) in columns.iter().enumerate() {
                 if c > 0 {
                     sql.push(',');
                 }
-                sql.push('$');
-                sql.push_str(&n.to_string());
+                sql.push_str(&ctx.placeholder(s, n));
                 n += 1;
             }
             sql.push(')');
@@ -1054,9 +1221,9 @@ async fn upsert_unnest(
 ) -> Result<(), ConnectorError> {
     let columns = present_columns(present);
     let sql = format!(
-        "{} SELECT * FROM unnest({}){}",
+        "{} {}{}",
         ctx.insert_head(&columns),
-        ctx.array_params(&columns, 1),
+        ctx.unnest_select(&columns, 1),
         ctx.on_conflict(&columns)
     );
     let params = ctx.encode_array_params(&columns, rows, &mut conn.arena)?;
@@ -1123,9 +1290,14 @@ async fn upsert_copy(
         offset = end;
     }
     sink.as_mut().finish().await.map_err(fail)?;
+    let select: Vec<String> = columns
+        .iter()
+        .map(|&s| ctx.column(s).cast(&ctx.ident(s)))
+        .collect();
     let merge = format!(
-        "{} SELECT {list} FROM {stage}{}",
+        "{} SELECT {} FROM {stage}{}",
         ctx.insert_head(&columns),
+        select.join(","),
         ctx.on_conflict(&columns)
     );
     conn.execute(&merge, &[], true, &doing).await?;
@@ -1140,7 +1312,13 @@ async fn delete_keys(
     let key_sources = &ctx.map.key_sources;
     let mut sql = String::from("DELETE FROM ");
     push_table(&mut sql, &ctx.table.id);
-    if let [s] = key_sources.as_slice() {
+    if ctx.any_via_text(key_sources) {
+        sql.push_str(&format!(
+            " WHERE ({}) IN ({})",
+            ctx.column_list(key_sources),
+            ctx.unnest_select(key_sources, 1)
+        ));
+    } else if let [s] = key_sources.as_slice() {
         sql.push_str(&format!(
             " WHERE {} = ANY({})",
             ctx.ident(*s),
@@ -1183,7 +1361,7 @@ async fn update_key(
         if n > 1 {
             sql.push(',');
         }
-        sql.push_str(&format!("{}=${n}", ctx.ident(s)));
+        sql.push_str(&format!("{}={}", ctx.ident(s), ctx.placeholder(s, n)));
         n += 1;
         let start = conn.arena.len();
         let written = ctx.encode(s, value, &mut conn.arena)?;
@@ -1194,7 +1372,7 @@ async fn update_key(
         if i > 0 {
             sql.push_str(" AND ");
         }
-        sql.push_str(&format!("{}=${n}", ctx.ident(s)));
+        sql.push_str(&format!("{}={}", ctx.ident(s), ctx.placeholder(s, n)));
         n += 1;
         let start = conn.arena.len();
         let written = ctx.encode(s, &old_key[s], &mut conn.arena)?;

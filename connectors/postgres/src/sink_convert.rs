@@ -26,6 +26,7 @@
 //! | `Uuid` | uuid, text types |
 //! | `ZonedTimestamp` | timestamp (its local time), timestamptz (its instant), text types |
 //! | `Interval` | interval, text types (ISO 8601) |
+//! | any but `Bytes` | any other type ([`PgType::ViaText`]: `inet`, `citext`, arrays, ranges, domains over them, …): its text as for a text column, cast to the column's type by the statement |
 //!
 //! "Text types" are text, varchar(n) and bpchar(n): they take any scalar
 //! rendered canonically ([`render_text`]): `true`/`false`, decimal digits,
@@ -85,8 +86,12 @@ pub enum PgType {
     /// A user-defined enum: the label's text; the server checks membership.
     Enum,
     Interval,
-    /// Anything else: every non-null value is a conversion error.
-    Unsupported,
+    /// Any other type (`inet`, `cidr`, `macaddr`, `citext`, arrays, ranges,
+    /// composites, …): the value is sent as text (rendered as for a text
+    /// column) and the statement casts it (`$1::text::inet`), so the
+    /// server's input function validates it; a value the type rejects fails
+    /// the statement.
+    ViaText,
 }
 
 impl PgType {
@@ -142,7 +147,7 @@ impl PgType {
             "json" => PgType::Json,
             "jsonb" => PgType::Jsonb,
             "interval" => PgType::Interval,
-            _ => PgType::Unsupported,
+            _ => PgType::ViaText,
         }
     }
 
@@ -195,13 +200,13 @@ pub fn encode(
     match (v, ty) {
         (Value::Null, _) => return Ok(false),
         (Value::Unchanged, _) => return Err("an unchanged (unsent) value cannot be written"),
-        (_, T::Unsupported) => return Err("the target type is not supported"),
         (Value::Undecodable { .. }, _) => {
             return Err(
                 "the source could not decode this value (an unsupported character set, \
                         bytes invalid in the column's character set, or malformed JSON)",
             )
         }
+        (_, T::ViaText) => return encode(v, &T::Text, source_type, out),
 
         (Value::Bool(b), T::Bool) => out.put_u8(*b as u8),
         (Value::Bool(b), T::Int2 | T::Int4 | T::Int8 | T::Numeric { .. }) => {
@@ -846,7 +851,7 @@ mod tests {
             PgType::TimestampTz { precision: 6 }
         );
         assert_eq!(PgType::from_catalog("mood", "e", -1), PgType::Enum);
-        assert_eq!(PgType::from_catalog("inet", "b", -1), PgType::Unsupported);
+        assert_eq!(PgType::from_catalog("inet", "b", -1), PgType::ViaText);
     }
 
     #[test]
@@ -1220,11 +1225,21 @@ mod tests {
     }
 
     #[test]
-    fn null_unchanged_and_unsupported() {
-        assert_eq!(enc(&Value::Null, &PgType::Unsupported), Ok(None));
+    fn null_unchanged_and_types_sent_as_text() {
+        assert_eq!(enc(&Value::Null, &PgType::ViaText), Ok(None));
         assert_eq!(enc(&Value::Null, &PgType::Int4), Ok(None));
         assert!(enc(&Value::Unchanged, &PgType::Int4).is_err());
-        assert!(enc(&Value::Int(1), &PgType::Unsupported).is_err());
+        // any other type: the text the server's input function reads
+        assert_eq!(
+            enc(&Value::Text("10.1.2.3/24".into()), &PgType::ViaText),
+            Ok(Some(b"10.1.2.3/24".to_vec()))
+        );
+        assert_eq!(
+            enc(&Value::Int(1), &PgType::ViaText),
+            Ok(Some(b"1".to_vec()))
+        );
+        assert!(enc(&Value::Bytes(vec![1]), &PgType::ViaText).is_err());
+        assert!(enc(&Value::Text("a\0b".into()), &PgType::ViaText).is_err());
     }
 
     proptest! {
