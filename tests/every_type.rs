@@ -257,6 +257,23 @@ const COLUMNS: &[(&str, &str, &str, &str, &str, Compare)] = &[
         "pt",
         Compare::Exact,
     ),
+    (
+        "mac8",
+        "macaddr8",
+        "varchar(30)",
+        "mac8::text",
+        "mac8",
+        Compare::Exact,
+    ),
+    (
+        "tsv",
+        "tsvector",
+        "text",
+        "tsv::text",
+        "tsv",
+        Compare::Exact,
+    ),
+    ("x", "xml", "text", "x::text", "x", Compare::Exact),
 ];
 
 /// Rows 1–3: NULLs, minimums and empties, maximums and non-ASCII. One value
@@ -301,6 +318,9 @@ const ROWS: &[&[&str]] = &[
         "B'0000'",
         "B''",
         "'(0,0)'",
+        "'00:00:00:00:00:00:00:00'",
+        "''",
+        "''",
     ],
     &[
         "true",
@@ -341,6 +361,9 @@ const ROWS: &[&[&str]] = &[
         "B'1111'",
         "B'101'",
         "'(-1.5,2e+100)'",
+        "'08:00:2b:01:02:03:04:05'",
+        "'a fat:2 cat ''é'''",
+        "'<a b=\"1\">é 🎉</a>'",
     ],
 ];
 

@@ -1008,3 +1008,120 @@ async fn unique_values_moved_between_rows_in_one_batch_apply() {
         );
     }
 }
+
+/// Columns of types the sink does not encode (`inet`, arrays, ranges,
+/// composites, a domain over an array, …) take the value's text, cast by
+/// the statement, on every upsert path, in deletes and in key updates (an
+/// `inet` primary key and an `Unchanged` column force the `UPDATE … WHERE`
+/// step); a value the type refuses names the column, never the value.
+#[tokio::test]
+async fn types_cast_by_the_server_on_every_path() {
+    let ddl = "CREATE TYPE addr AS (street text, zip int4);
+        CREATE DOMAIN tags AS text[] CHECK (cardinality(VALUE) < 3);
+        CREATE TABLE hosts (ip inet PRIMARY KEY, net cidr, arr int4[], r int4range, a addr,
+            tg tags, ttz timetz, note text)";
+    let (db, mut sink) = setup("pgsink_via_text", ddl, &["hosts"]).await;
+    let columns = [
+        ("ip", "varchar"),
+        ("net", "varchar"),
+        ("arr", "_int4"),
+        ("r", "int4range"),
+        ("a", "addr"),
+        ("tg", "_text"),
+        ("ttz", "timetz"),
+        ("note", "text"),
+    ];
+    let sch = schema("hosts", &columns, &["ip"]);
+    let text = |s: &str| Value::Text(s.into());
+    let row = |ip: &str| {
+        vec![
+            text(ip),
+            text("10.0.0.0/8"),
+            text("{{1,NULL},{3,4}}"),
+            text("[1,5)"),
+            text("(\"Straße 5, \"\"Hof\"\"\",12345)"),
+            text("{\"a b\",ü}"),
+            text("13:14:15.5+05:30"),
+            text("n"),
+        ]
+    };
+    let ips = ["10.0.0.1", "::1", "2001:db8::1/64"];
+    for (n, strategy) in STRATEGIES.iter().enumerate() {
+        sink.set_upsert_strategy(*strategy);
+        apply_one(&mut sink, 10 + n as u64, &[insert(&sch, row(ips[n]))]).await;
+    }
+    let all = "SELECT ip::text, net::text, arr::text, r::text, a::text, tg::text, ttz::text, note \
+               FROM hosts ORDER BY ip";
+    let got = common::pg_rows(&db.client, all).await;
+    assert_eq!(got.len(), 3);
+    for r in &got {
+        assert_eq!(
+            r[1..],
+            [
+                s("10.0.0.0/8"),
+                s("{{1,NULL},{3,4}}"),
+                s("[1,5)"),
+                s("(\"Straße 5, \"\"Hof\"\"\",12345)"),
+                s("{\"a b\",ü}"),
+                s("13:14:15.5+05:30"),
+                s("n"),
+            ]
+        );
+    }
+    // a key update with an unchanged column, and a delete, by inet keys
+    let key = |ip: &str| {
+        let mut k = vec![Value::Null; columns.len()];
+        k[0] = text(ip);
+        k
+    };
+    let mut moved = row("10.0.0.9");
+    moved[7] = Value::Unchanged;
+    sink.set_upsert_strategy(UpsertStrategy::Auto);
+    apply_one(
+        &mut sink,
+        20,
+        &[
+            ev(
+                &sch,
+                RowChange::Update {
+                    old_key: Some(key("10.0.0.1")),
+                    row: moved,
+                },
+            ),
+            ev(&sch, RowChange::Delete { key: key("::1") }),
+        ],
+    )
+    .await;
+    let ips_now = common::pg_rows(&db.client, "SELECT ip::text FROM hosts ORDER BY ip").await;
+    assert_eq!(
+        ips_now,
+        vec![vec![s("10.0.0.9/32")], vec![s("2001:db8::1/64")]]
+    );
+
+    // refused by the type: named by column, never the value
+    for (column, value, ty) in [
+        (0, "not-an-ip", "inet"),
+        (2, "{1,x}", "integer[]"),
+        (5, "{a,b,c}", "tags"),
+    ] {
+        let mut bad = row("10.9.9.9");
+        bad[column] = text(value);
+        sink.begin(&pos(30)).await.unwrap();
+        let err = sink.apply(&[insert(&sch, bad)]).await.unwrap_err();
+        let name = columns[column].0;
+        assert!(
+            matches!(err.kind, ErrorKind::Conversion | ErrorKind::Constraint),
+            "{err}"
+        );
+        assert!(
+            err.message.contains(&format!("`{name}` ({ty})")),
+            "names {name}: {}",
+            err.message
+        );
+        assert!(
+            !err.message.contains(value),
+            "never the value: {}",
+            err.message
+        );
+    }
+}
