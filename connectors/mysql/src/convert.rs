@@ -399,7 +399,9 @@ fn write_integer(out: &mut String, n: i128, ty: &TargetType) -> Result<(), Reaso
             let _ = write!(out, "'{n}'");
             return Ok(());
         }
-        TargetType::Text { .. } => {
+        // a JSON column (MariaDB's is a checked longtext): the digits are
+        // a JSON number
+        TargetType::Text { .. } | TargetType::Json => {
             let _ = write!(out, "'{n}'");
             return Ok(());
         }
@@ -957,6 +959,7 @@ mod tests {
         );
         assert!(lit(Value::Json(doc.into()), ty("longtext", "longtext")).is_ok());
         assert!(lit(Value::Json(doc.into()), ty("int", "int")).is_err());
+        assert_eq!(lit(Value::Int(-5), TargetType::Json).unwrap(), "'-5'");
     }
 
     #[test]
