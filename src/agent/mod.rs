@@ -506,13 +506,19 @@ pub(crate) enum SourceConfig {
 }
 
 impl SourceConfig {
-    async fn connect(self, resume: Option<Position>) -> Result<AnySource, ConnectorError> {
+    /// `logged_through`: the change log's newest committed transaction
+    /// (the MySQL source discards re-sent transactions at or below it).
+    async fn connect(
+        self,
+        resume: Option<Position>,
+        logged_through: Option<Position>,
+    ) -> Result<AnySource, ConnectorError> {
         Ok(match self {
             SourceConfig::Postgres(config) => {
                 AnySource::Postgres(PgSource::connect(config, resume).await?)
             }
             SourceConfig::Mysql(config) => {
-                AnySource::Mysql(MySqlSource::connect(config, resume).await?)
+                AnySource::Mysql(MySqlSource::connect_after(config, resume, logged_through).await?)
             }
         })
     }
@@ -698,7 +704,8 @@ impl CaptureWorker {
             }
         }
         let resume = writer.resume_position();
-        let mut source = config.connect(resume.clone()).await?;
+        let logged_through = writer.last_position().map_err(ConnectorError::from)?;
+        let mut source = config.connect(resume.clone(), logged_through).await?;
         info!(resume = %resume.as_ref().map_or("slot".to_string(), |p| p.to_string()), "capturing");
         retry.reset();
         let mut observer = StoreObserver {

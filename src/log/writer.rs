@@ -88,6 +88,19 @@ impl LogWriter {
             .or_else(|| self.head.resume_position.clone())
     }
 
+    /// The position of the newest committed transaction this log holds
+    /// (committed here, durable, or truncated away), `None` for a log that
+    /// never held one.
+    pub fn last_position(&self) -> Result<Option<Position>, LogError> {
+        if let Some(t) = self.committed.last() {
+            return Ok(Some(t.position.clone()));
+        }
+        if let Some((_, value)) = self.store.txns.last()? {
+            return Ok(Some(codec::decode_txn(&value)?.position));
+        }
+        Ok(self.store.truncation()?.through_position)
+    }
+
     /// The durable resume position (what a restart would use now).
     pub fn durable_resume_position(&self) -> Option<&Position> {
         self.head.resume_position.as_ref()

@@ -124,13 +124,22 @@ pub fn query_kind(query: &[u8], default_db: &str) -> StreamEvent {
     let q = q.trim().to_ascii_uppercase();
     if q == "BEGIN" {
         StreamEvent::Begin
-    } else if q == "COMMIT"
-        || q == "ROLLBACK"
-        || q.starts_with("XA PREPARE")
-        || q.starts_with("XA COMMIT")
-        || q.starts_with("XA ROLLBACK")
-    {
+    } else if q.starts_with("XA START") || q.starts_with("XA BEGIN") {
+        StreamEvent::XaStart
+    } else if q == "COMMIT" || q == "ROLLBACK" || q.starts_with("XA PREPARE") {
         StreamEvent::Commit
+    } else if q.starts_with("XA COMMIT") || q.starts_with("XA ROLLBACK") {
+        let commit = q.starts_with("XA COMMIT");
+        let text = String::from_utf8_lossy(query).trim().to_ascii_uppercase();
+        let rest = text[if commit { 9 } else { 11 }..].trim();
+        match rest.strip_suffix("ONE PHASE") {
+            // a one-phase commit ends its own group like COMMIT (MySQL)
+            Some(_) if commit => StreamEvent::Commit,
+            _ => StreamEvent::XaEnd {
+                xid: normalize_xid(rest),
+                commit,
+            },
+        }
     } else {
         match classify(
             &String::from_utf8_lossy(&query[..query.len().min(4096)]),
@@ -141,6 +150,40 @@ pub fn query_kind(query: &[u8], default_db: &str) -> StreamEvent {
             Statement::Other => StreamEvent::Statement,
         }
     }
+}
+
+/// An XID as the binlog's `XA …` statements spell it (`X'gtrid',X'bqual',format`),
+/// without spaces and in upper case, so that an `XA_PREPARE` event's XID and
+/// the later `XA COMMIT`'s text compare equal.
+pub fn normalize_xid(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// Decodes an `XA_PREPARE_LOG_EVENT` body: one_phase u8, format id u32 LE,
+/// gtrid length u32 LE, bqual length u32 LE, gtrid, bqual. Returns the XID
+/// spelled as [`normalize_xid`] does, and whether it is a one-phase commit.
+pub fn xa_prepare(data: &[u8]) -> Result<(String, bool), DecodeError> {
+    let short = || format!("XA_PREPARE event of {} bytes is too short", data.len());
+    if data.len() < 13 {
+        return Err(short());
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap_or_default());
+    let one_phase = data[0] != 0;
+    let format = u32_at(1) as i32;
+    let (g, b) = (u32_at(5) as usize, u32_at(9) as usize);
+    if g > 64 || b > 64 || data.len() < 13 + g + b {
+        return Err(short());
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    let xid = format!(
+        "X'{}',X'{}',{format}",
+        hex(&data[13..13 + g]),
+        hex(&data[13 + g..13 + g + b])
+    );
+    Ok((xid, one_phase))
 }
 
 /// Converts a mysql_async event; `Err` describes what could not be decoded.
@@ -193,7 +236,10 @@ pub fn convert(event: &Event) -> Result<(EventHeader, StreamEvent), DecodeError>
                 query_kind(q.query_raw(), &String::from_utf8_lossy(q.schema_raw()))
             }
             Ok(Some(EventData::XidEvent(_))) => StreamEvent::Commit,
-            Ok(Some(EventData::XaPrepareLogEvent(_))) => StreamEvent::Commit,
+            Ok(Some(EventData::XaPrepareLogEvent(data))) => match xa_prepare(&data)? {
+                (_, true) => StreamEvent::Commit,
+                (xid, false) => StreamEvent::XaPrepare { xid },
+            },
             Ok(Some(EventData::TableMapEvent(tme))) => StreamEvent::TableMap(table_map(&tme)?),
             Ok(Some(EventData::RowsEvent(rows))) => StreamEvent::Rows(rows_event(&rows)?),
             Ok(Some(EventData::TransactionPayloadEvent(_))) => {
@@ -373,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn xa_prepare_events_name_their_xid() {
+        // one_phase 0, format 7, gtrid 01 02, bqual 03
+        let data = [0u8, 7, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 2, 3];
+        assert_eq!(
+            xa_prepare(&data).unwrap(),
+            ("X'0102',X'03',7".to_string(), false)
+        );
+        assert_eq!(
+            xa_prepare(&data).unwrap().0,
+            normalize_xid("X'0102', X'03', 7")
+        );
+        assert!(xa_prepare(&data[..14]).is_err());
+    }
+
+    #[test]
     fn crc32_matches_the_reference() {
         assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
     }
@@ -382,6 +443,32 @@ mod tests {
         assert_eq!(query_kind(b"BEGIN", ""), StreamEvent::Begin);
         assert_eq!(query_kind(b"COMMIT", ""), StreamEvent::Commit);
         assert_eq!(query_kind(b"XA PREPARE 'x'", ""), StreamEvent::Commit);
+        assert_eq!(
+            query_kind(b"XA START X'7831',X'',1", ""),
+            StreamEvent::XaStart
+        );
+        assert_eq!(
+            query_kind(b"XA COMMIT X'7831',X'',1", ""),
+            StreamEvent::XaEnd {
+                xid: "X'7831',X'',1".into(),
+                commit: true
+            }
+        );
+        assert_eq!(
+            query_kind(b"xa rollback X'ab', X'03', 7", ""),
+            StreamEvent::XaEnd {
+                xid: "X'AB',X'03',7".into(),
+                commit: false
+            }
+        );
+        assert_eq!(
+            query_kind(b"XA COMMIT X'7831',X'',1 ONE PHASE", ""),
+            StreamEvent::Commit
+        );
+        assert!(matches!(
+            query_kind(b"XA END X'7831',X'',1", ""),
+            StreamEvent::Statement
+        ));
         assert_eq!(
             query_kind(b"ROLLBACK TO SAVEPOINT a", ""),
             StreamEvent::Statement
@@ -399,6 +486,7 @@ mod tests {
             let _ = maria_gtid(&data, 1);
             let _ = rotate_file_name(&header, &data);
             let _ = query_kind(&data, "");
+            let _ = xa_prepare(&data);
         }
     }
 }

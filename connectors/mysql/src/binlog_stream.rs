@@ -102,6 +102,20 @@ pub enum StreamEvent {
         verb: &'static str,
         table: Option<TableId>,
     },
+    /// `XA START xid` (MySQL): an XA transaction begins; its changes are
+    /// held until its group ends.
+    XaStart,
+    /// `XA_PREPARE` event: the XA transaction's group ends prepared; its
+    /// changes wait for `XA COMMIT`/`XA ROLLBACK` of `xid` in a later group.
+    XaPrepare {
+        xid: String,
+    },
+    /// `XA COMMIT xid` (`commit`) or `XA ROLLBACK xid` of a prepared XA
+    /// transaction: a group of its own.
+    XaEnd {
+        xid: String,
+        commit: bool,
+    },
     /// Any other statement (DDL, `SAVEPOINT`, …).
     Statement,
     TableMap(TableMap),
@@ -144,9 +158,17 @@ struct TableState {
 struct Txn {
     gtid: Option<MariaGtid>,
     standalone: bool,
-    prepared_xa: bool,
+    /// An XA transaction (MariaDB GTID flagged prepared, or `XA START`): its
+    /// changes go to `held` until the group ends.
+    xa: bool,
+    held: Vec<ChangeEvent>,
+    /// The resume position before this group ([`StreamState::reported`]
+    /// when it began).
+    since: Option<Position>,
     /// Nothing more of it is yielded; it ends with `Discard`.
     discard: bool,
+    /// It is at or before the resume position (its changes were not read).
+    before_resume: bool,
     changes: u64,
     /// The store a Callosum-applied transaction came from (its checkpoint
     /// row names a pipeline of [`StreamState::echo_origins`]).
@@ -186,6 +208,25 @@ pub struct StreamState {
     /// Callosum's writes to keep, tagged with their origin, instead of
     /// dropping them as echo.
     echo_origins: EchoOrigins,
+    /// The change log's newest committed transaction: transactions at or
+    /// below it are re-sent after a restart that resumed before a prepared
+    /// XA transaction, and end as `Discard`.
+    logged_through: Option<Position>,
+    /// Prepared XA transactions waiting for `XA COMMIT`/`XA ROLLBACK`, in
+    /// prepare order.
+    prepared: Vec<PreparedXa>,
+}
+
+/// A prepared XA transaction whose `XA COMMIT` or `XA ROLLBACK` has not
+/// come yet.
+struct PreparedXa {
+    xid: String,
+    changes: Vec<ChangeEvent>,
+    origin: Option<String>,
+    /// The resume position before its prepare group: no resume position
+    /// yielded passes it while the XA transaction is pending, so that a
+    /// restart reads the prepare again.
+    since: Option<Position>,
 }
 
 impl StreamState {
@@ -233,7 +274,37 @@ impl StreamState {
             out,
             reported,
             echo_origins: EchoOrigins::default(),
+            logged_through: None,
+            prepared: Vec::new(),
         }
+    }
+
+    /// The change log's newest committed transaction position: transactions
+    /// at or below it (re-sent because the resume position stayed before a
+    /// prepared XA transaction) end as `Discard`.
+    pub fn set_logged_through(&mut self, position: Option<Position>) {
+        self.logged_through = position;
+    }
+
+    /// Prepared XA transactions not yet committed or rolled back.
+    #[cfg(test)]
+    pub fn pending_xa(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// `position`, or the resume position before the earliest pending
+    /// prepared XA transaction when that is older.
+    fn capped(&self, position: Position) -> Position {
+        match self.prepared.iter().find_map(|p| p.since.as_ref()) {
+            Some(since) if since.partial_cmp(&position).is_some_and(|o| o.is_lt()) => since.clone(),
+            _ => position,
+        }
+    }
+
+    fn is_logged(&self, position: &Position) -> bool {
+        self.logged_through
+            .as_ref()
+            .is_some_and(|l| position.partial_cmp(l).is_some_and(|o| o.is_le()))
     }
 
     /// Keeps Callosum's writes of these pipelines, with their origin store.
@@ -375,8 +446,11 @@ impl StreamState {
         self.txn = Some(Txn {
             gtid,
             standalone: gtid.is_some_and(|g| g.standalone),
-            prepared_xa: gtid.is_some_and(|g| g.prepared_xa),
+            xa: gtid.is_some_and(|g| g.prepared_xa),
+            held: Vec::new(),
+            since: self.reported.clone(),
             discard: held,
+            before_resume: held,
             changes: 0,
             origin: None,
         });
@@ -402,20 +476,22 @@ impl StreamState {
             Some(r) => position.partial_cmp(r) == Some(std::cmp::Ordering::Greater),
             None => true,
         };
-        if txn.discard || txn.changes == 0 || !is_new {
+        if txn.discard || txn.changes == 0 || !is_new || self.is_logged(&position) {
             let resume_position = if is_new {
                 position
             } else {
                 self.reported.clone().unwrap_or(position)
             };
             self.reported = Some(resume_position.clone());
+            let resume_position = self.capped(resume_position);
             self.out
                 .push_back(SourceMessage::Discard { resume_position });
         } else {
             self.reported = Some(position.clone());
+            let resume_position = self.capped(position.clone());
             self.out.push_back(SourceMessage::Commit(TransactionMeta {
-                position: position.clone(),
-                resume_position: position,
+                position,
+                resume_position,
                 commit_time_micros: i64::from(header.timestamp) * 1_000_000,
                 origin: txn.origin,
             }));
@@ -501,7 +577,26 @@ impl StreamState {
                     self.start_txn(header, None);
                 }
             }
-            StreamEvent::Commit => self.finish_txn(header)?,
+            StreamEvent::Commit => {
+                // a one-phase XA commit: its held changes are the
+                // transaction's
+                if let Some(t) = &mut self.txn {
+                    for change in std::mem::take(&mut t.held) {
+                        self.out.push_back(SourceMessage::Change(change));
+                    }
+                }
+                self.finish_txn(header)?
+            }
+            StreamEvent::XaStart => {
+                if self.txn.is_none() {
+                    self.start_txn(header, None);
+                }
+                if let Some(t) = &mut self.txn {
+                    t.xa = true;
+                }
+            }
+            StreamEvent::XaPrepare { xid } => self.xa_prepare(header, xid)?,
+            StreamEvent::XaEnd { xid, commit } => self.xa_end(header, xid, commit)?,
             StreamEvent::Truncate(table) => {
                 if !self.is_captured(&table) {
                     return self.handle(header, StreamEvent::Statement);
@@ -603,6 +698,9 @@ impl StreamState {
         }
         if let Some(t) = &mut self.txn {
             if !t.discard {
+                for change in std::mem::take(&mut t.held) {
+                    self.out.push_back(SourceMessage::Change(change));
+                }
                 t.changes += 1;
                 self.out.push_back(SourceMessage::Change(ChangeEvent {
                     schema,
@@ -620,8 +718,105 @@ impl StreamState {
         };
         if advanced {
             self.reported = Some(position.clone());
+            let position = self.capped(position);
             self.out.push_back(SourceMessage::Progress(position));
         }
+    }
+
+    /// The group of an XA transaction ends prepared: its changes are held
+    /// by XID and the group itself ends as `Discard` (nothing of it is in
+    /// the log until `XA COMMIT`).
+    fn xa_prepare(&mut self, header: &EventHeader, xid: String) -> Result<(), ConnectorError> {
+        let Some(txn) = &mut self.txn else {
+            debug!("xa prepare outside a transaction");
+            return Ok(());
+        };
+        let changes = std::mem::take(&mut txn.held);
+        // a group at or before the resume position was prepared before
+        // the stream started: its changes were not read, and its XA COMMIT
+        // is a gap (see `xa_end`)
+        if !txn.before_resume {
+            if self.prepared.iter().any(|p| p.xid == xid) {
+                return Err(self.err(
+                    ErrorKind::Protocol,
+                    format_args!("the XA transaction {xid} was prepared twice"),
+                ));
+            }
+            let since = txn.since.clone();
+            let origin = txn.origin.clone();
+            let changes = if txn.discard { Vec::new() } else { changes };
+            debug!(xid = %xid, changes = changes.len(), "xa transaction prepared: changes held until xa commit");
+            self.prepared.push(PreparedXa {
+                xid,
+                changes,
+                origin,
+                since,
+            });
+        }
+        if let Some(t) = &mut self.txn {
+            // a prepared group never commits by itself
+            t.discard = true;
+        }
+        self.finish_txn(header)
+    }
+
+    /// `XA COMMIT xid` yields the held changes as a transaction at this
+    /// group's position; `XA ROLLBACK xid` drops them.
+    fn xa_end(
+        &mut self,
+        header: &EventHeader,
+        xid: String,
+        commit: bool,
+    ) -> Result<(), ConnectorError> {
+        if self.txn.is_none() {
+            self.start_txn(header, None);
+        }
+        let found = self.prepared.iter().position(|p| p.xid == xid);
+        let held = found.map(|i| self.prepared.remove(i));
+        // re-read after a restart, and already in the log: its prepare may
+        // be before where the stream resumed
+        let logged = match (self.kind, self.txn.as_ref().and_then(|t| t.gtid)) {
+            (PositionKind::Gtid, Some(g)) => self.is_logged(&g.position()),
+            (PositionKind::Gtid, None) => false,
+            (PositionKind::File, _) => self.is_logged(&self.position_at(header)),
+        };
+        let Some(txn) = &mut self.txn else {
+            return Ok(());
+        };
+        match held {
+            Some(prepared) if commit && !txn.discard => {
+                debug!(xid = %xid, changes = prepared.changes.len(), "xa transaction committed");
+                txn.changes += prepared.changes.len() as u64;
+                if txn.origin.is_none() {
+                    txn.origin = prepared.origin;
+                }
+                for change in prepared.changes {
+                    self.out.push_back(SourceMessage::Change(change));
+                }
+            }
+            Some(_) => debug!(xid = %xid, commit, "xa transaction ended with nothing to replicate"),
+            None if txn.discard || !commit || logged => {
+                // at or before the resume position, already in the log, or
+                // rolled back: nothing of it can reach the log
+            }
+            None => {
+                return Err(self
+                    .err(
+                        ErrorKind::PositionLost,
+                        format_args!(
+                            "the XA transaction {xid} was committed, but it was prepared before \
+                             the position capture started from, so its changes were not read"
+                        ),
+                    )
+                    .with_hint(
+                        "its changes may be missing from the targets: resynchronise the \
+                         captured tables from a snapshot (reset this store's change log); \
+                         avoid starting capture while XA transactions are prepared \
+                         (XA RECOVER lists them)",
+                    ))
+            }
+        }
+        self.finish_txn(header)
     }
 
     fn rows(&mut self, rows: RowsEvent) -> Result<(), ConnectorError> {
@@ -657,16 +852,8 @@ impl StreamState {
         if !table.captured || txn.discard {
             return Ok(());
         }
+        let xa = txn.xa;
         let schema = table.schema.clone();
-        if txn.prepared_xa {
-            return Err(self.err(
-                ErrorKind::Protocol,
-                format_args!(
-                    "an XA transaction changed table {}; Callosum does not capture XA transactions",
-                    schema.table
-                ),
-            ));
-        }
         if !table.names_known {
             return Err(self
                 .err(
@@ -691,13 +878,16 @@ impl StreamState {
         }
         let changes = self.decode_rows(table, &rows, &keys)?;
         let n = changes.len() as u64;
-        for change in changes {
-            self.out.push_back(SourceMessage::Change(ChangeEvent {
-                schema: schema.clone(),
-                change,
-            }));
-        }
+        let events = changes.into_iter().map(|change| ChangeEvent {
+            schema: schema.clone(),
+            change,
+        });
         if let Some(t) = &mut self.txn {
+            if xa {
+                t.held.extend(events);
+            } else {
+                self.out.extend(events.map(SourceMessage::Change));
+            }
             t.changes += n;
         }
         Ok(())
@@ -1521,5 +1711,309 @@ mod tests {
         s.handle(&h(100), gtid(5)).unwrap();
         s.handle(&h(200), StreamEvent::Commit).unwrap();
         s.handle(&h(300), gtid(6)).unwrap();
+    }
+
+    fn gtid_xa(seq: u64) -> StreamEvent {
+        StreamEvent::MariaGtid(MariaGtid {
+            domain: 0,
+            server: 1,
+            sequence: seq,
+            standalone: false,
+            prepared_xa: true,
+        })
+    }
+
+    fn xa_end(xid: &str, commit: bool) -> StreamEvent {
+        StreamEvent::XaEnd {
+            xid: xid.into(),
+            commit,
+        }
+    }
+
+    fn xa_prepare(xid: &str) -> StreamEvent {
+        StreamEvent::XaPrepare { xid: xid.into() }
+    }
+
+    fn commit_meta(out: &[SourceMessage]) -> Vec<&TransactionMeta> {
+        out.iter()
+            .filter_map(|m| match m {
+                SourceMessage::Commit(meta) => Some(meta),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn inserted_ids(out: &[SourceMessage]) -> Vec<i64> {
+        out.iter()
+            .filter_map(|m| match m {
+                SourceMessage::Change(ChangeEvent {
+                    change: RowChange::Insert { row },
+                    ..
+                }) => match row[0] {
+                    Value::Int(id) => Some(id),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_prepared_xa_is_held_until_its_commit_and_caps_resume_positions() {
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(4)));
+        // prepare group 5: held, ends as Discard at the position before it
+        s.handle(&h(100), gtid_xa(5)).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                SourceMessage::Begin,
+                SourceMessage::Discard {
+                    resume_position: gtid_pos(4)
+                }
+            ]
+        );
+        assert_eq!(s.pending_xa(), 1);
+        // a normal transaction commits at its own position, but its resume
+        // position stays before the prepare
+        s.handle(&h(400), gtid(6)).unwrap();
+        s.handle(&h(500), write(1, a_row(2, b"y", 0))).unwrap();
+        s.handle(&h(600), StreamEvent::Commit).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(inserted_ids(&out), vec![2]);
+        let meta = commit_meta(&out);
+        assert_eq!(meta[0].position, gtid_pos(6));
+        assert_eq!(meta[0].resume_position, gtid_pos(4));
+        // XA COMMIT: the held rows at the commit group's position
+        s.handle(&h(700), gtid(7)).unwrap();
+        s.handle(&h(800), xa_end("X'78',X'',1", true)).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out[0], SourceMessage::Begin);
+        assert_eq!(inserted_ids(&out), vec![1]);
+        let meta = commit_meta(&out);
+        assert_eq!(meta[0].position, gtid_pos(7));
+        assert_eq!(meta[0].resume_position, gtid_pos(7));
+        assert_eq!(s.pending_xa(), 0);
+    }
+
+    #[test]
+    fn a_rolled_back_xa_never_reaches_the_log() {
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(4)));
+        s.handle(&h(100), gtid_xa(5)).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        s.handle(&h(400), gtid(6)).unwrap();
+        s.handle(&h(500), xa_end("X'78',X'',1", false)).unwrap();
+        let out = drain(&mut s);
+        assert!(inserted_ids(&out).is_empty(), "{out:?}");
+        assert!(commit_meta(&out).is_empty(), "{out:?}");
+        assert_eq!(
+            out.last(),
+            Some(&SourceMessage::Discard {
+                resume_position: gtid_pos(6)
+            })
+        );
+        assert_eq!(s.pending_xa(), 0);
+    }
+
+    #[test]
+    fn transactions_the_log_holds_are_discarded_after_a_restart() {
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(4)));
+        s.set_logged_through(Some(gtid_pos(6)));
+        s.handle(&h(100), gtid_xa(5)).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        s.handle(&h(400), gtid(6)).unwrap();
+        s.handle(&h(500), write(1, a_row(2, b"y", 0))).unwrap();
+        s.handle(&h(600), StreamEvent::Commit).unwrap();
+        s.handle(&h(700), gtid(7)).unwrap();
+        s.handle(&h(800), xa_end("X'78',X'',1", true)).unwrap();
+        let out = drain(&mut s);
+        let meta = commit_meta(&out);
+        assert_eq!(meta.len(), 1, "{out:?}");
+        assert_eq!(meta[0].position, gtid_pos(7));
+        assert!(out.contains(&SourceMessage::Discard {
+            resume_position: gtid_pos(4)
+        }));
+    }
+
+    #[test]
+    fn an_xa_commit_whose_prepare_was_not_read_halts_naming_the_xid() {
+        // started after the prepare: a gap
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(4)));
+        s.handle(&h(100), gtid(5)).unwrap();
+        let err = s.handle(&h(200), xa_end("X'78',X'',1", true)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PositionLost);
+        assert!(err.to_string().contains("X'78',X'',1"), "{err}");
+        // a rollback of an unknown XA loses nothing
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(4)));
+        s.handle(&h(100), gtid(5)).unwrap();
+        s.handle(&h(200), xa_end("X'78',X'',1", false)).unwrap();
+        // prepare and commit both at or before the resume position
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(9)));
+        s.handle(&h(100), gtid_xa(5)).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        s.handle(&h(400), gtid(6)).unwrap();
+        s.handle(&h(500), xa_end("X'78',X'',1", true)).unwrap();
+        assert!(commit_meta(&drain(&mut s)).is_empty());
+        // prepared at or before the resume position, committed after it
+        let mut s = state(PositionKind::Gtid, Some(gtid_pos(5)));
+        s.handle(&h(100), gtid_xa(5)).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        s.handle(&h(400), gtid(6)).unwrap();
+        let err = s.handle(&h(500), xa_end("X'78',X'',1", true)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PositionLost);
+    }
+
+    #[test]
+    fn mysql_xa_groups_in_file_positions() {
+        let file = |offset| Position::Binlog {
+            file: "bin.000001".into(),
+            offset,
+        };
+        let mut s = state(PositionKind::File, Some(file(50)));
+        // XA START … XA END … XA_PREPARE
+        s.handle(&h(100), StreamEvent::XaStart).unwrap();
+        s.handle(&h(200), write(1, a_row(1, b"x", 0))).unwrap();
+        s.handle(&h(250), StreamEvent::Statement).unwrap();
+        s.handle(&h(300), xa_prepare("X'78',X'',1")).unwrap();
+        // one phase: a normal transaction
+        s.handle(&h(400), StreamEvent::XaStart).unwrap();
+        s.handle(&h(500), write(1, a_row(2, b"y", 0))).unwrap();
+        s.handle(&h(600), StreamEvent::Commit).unwrap();
+        // XA COMMIT: a query event of its own
+        s.handle(&h(700), xa_end("X'78',X'',1", true)).unwrap();
+        let out = drain(&mut s);
+        assert_eq!(inserted_ids(&out), vec![2, 1]);
+        let meta = commit_meta(&out);
+        assert_eq!(meta[0].position, file(600));
+        assert_eq!(meta[0].resume_position, file(50));
+        assert_eq!(meta[1].position, file(700));
+        assert_eq!(meta[1].resume_position, file(700));
+    }
+
+    /// One event group of the XA model.
+    #[derive(Clone, Debug)]
+    enum Group {
+        Normal,
+        Prepare(u8),
+        End(u8, bool),
+    }
+
+    fn groups(ops: &[(u8, u8)]) -> Vec<Group> {
+        let mut pending = HashSet::new();
+        let mut out = Vec::new();
+        for &(op, k) in ops {
+            match op {
+                0 => out.push(Group::Normal),
+                1 if pending.insert(k) => out.push(Group::Prepare(k)),
+                2 | 3 if pending.remove(&k) => out.push(Group::End(k, op == 2)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Feeds groups `from..` (group i has GTID sequence i + 1).
+    fn feed(s: &mut StreamState, groups: &[Group], from: usize) -> Vec<Vec<SourceMessage>> {
+        let mut per_group = Vec::new();
+        for (i, g) in groups.iter().enumerate().skip(from) {
+            let seq = i as u64 + 1;
+            let hd = h(seq * 100);
+            let xid = |k: u8| format!("X'{k:02X}',X'',1");
+            match g {
+                Group::Normal => {
+                    s.handle(&hd, gtid(seq)).unwrap();
+                    s.handle(&hd, write(1, a_row(seq as u8, b"n", 0))).unwrap();
+                    s.handle(&hd, StreamEvent::Commit).unwrap();
+                }
+                Group::Prepare(k) => {
+                    s.handle(&hd, gtid_xa(seq)).unwrap();
+                    s.handle(&hd, write(1, a_row(seq as u8, b"x", 0))).unwrap();
+                    s.handle(&hd, xa_prepare(&xid(*k))).unwrap();
+                }
+                Group::End(k, commit) => {
+                    s.handle(&hd, gtid(seq)).unwrap();
+                    s.handle(&hd, xa_end(&xid(*k), *commit)).unwrap();
+                }
+            }
+            per_group.push(drain(s));
+        }
+        per_group
+    }
+
+    /// What the change log holds: (position, inserted ids) per committed
+    /// transaction, and the resume position it records.
+    fn log_of(messages: &[SourceMessage]) -> (Vec<(Position, Vec<i64>)>, Option<Position>) {
+        let mut log = Vec::new();
+        let mut resume = None;
+        let mut open = Vec::new();
+        for m in messages {
+            match m {
+                SourceMessage::Begin => open.clear(),
+                SourceMessage::Change(_) => open.push(m.clone()),
+                SourceMessage::Commit(meta) => {
+                    log.push((meta.position.clone(), inserted_ids(&open)));
+                    resume = Some(meta.resume_position.clone());
+                }
+                SourceMessage::Discard { resume_position } => {
+                    resume = Some(resume_position.clone())
+                }
+                SourceMessage::Progress(p) => resume = Some(p.clone()),
+            }
+        }
+        (log, resume)
+    }
+
+    proptest::proptest! {
+        /// Committed XA transactions reach the log once, at their commit's
+        /// position, rolled back ones never; a crash after any group and a
+        /// restart from the resume position the log holds (with the log's
+        /// newest position) yields exactly the rest.
+        #[test]
+        fn xa_transactions_replicate_exactly_once_across_restarts(
+            ops in proptest::collection::vec((0u8..4, 0u8..3), 0..40),
+        ) {
+            let groups = groups(&ops);
+            let mut s = state(PositionKind::Gtid, Some(gtid_pos(0)));
+            let per_group = feed(&mut s, &groups, 0);
+            let all: Vec<SourceMessage> = per_group.iter().flatten().cloned().collect();
+            let (full, _) = log_of(&all);
+            // the model
+            let mut expected = Vec::new();
+            let mut prepared_at = HashMap::new();
+            for (i, g) in groups.iter().enumerate() {
+                let seq = i as u64 + 1;
+                match g {
+                    Group::Normal => expected.push((gtid_pos(seq), vec![seq as i64])),
+                    Group::Prepare(k) => {
+                        prepared_at.insert(*k, seq);
+                    }
+                    Group::End(k, true) => {
+                        expected.push((gtid_pos(seq), vec![prepared_at[k] as i64]))
+                    }
+                    Group::End(..) => {}
+                }
+            }
+            proptest::prop_assert_eq!(&full, &expected);
+            for crash in 0..=groups.len() {
+                let before: Vec<SourceMessage> =
+                    per_group[..crash].iter().flatten().cloned().collect();
+                let (mut log, resume) = log_of(&before);
+                let resume = resume.unwrap_or(gtid_pos(0));
+                let Position::MariaGtid { sequence, .. } = resume else {
+                    unreachable!()
+                };
+                let mut s = state(PositionKind::Gtid, Some(resume));
+                s.set_logged_through(log.last().map(|(p, _)| p.clone()));
+                let after: Vec<SourceMessage> =
+                    feed(&mut s, &groups, sequence as usize).into_iter().flatten().collect();
+                log.extend(log_of(&after).0);
+                proptest::prop_assert_eq!(&log, &expected, "crash after group {}", crash);
+            }
+        }
     }
 }

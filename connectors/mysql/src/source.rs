@@ -223,8 +223,21 @@ impl MySqlSource {
         config: MySqlSourceConfig,
         resume_from: Option<Position>,
     ) -> Result<MySqlSource, ConnectorError> {
+        Self::connect_after(config, resume_from, None).await
+    }
+
+    /// [`Self::connect`] for a change log whose newest committed transaction
+    /// is at `logged_through`: while an XA transaction is prepared, resume
+    /// positions stay before its prepare, so a restart reads again
+    /// transactions committed after it; those at or below `logged_through`
+    /// end as `Discard` instead of entering the log twice.
+    pub async fn connect_after(
+        config: MySqlSourceConfig,
+        resume_from: Option<Position>,
+        logged_through: Option<Position>,
+    ) -> Result<MySqlSource, ConnectorError> {
         let span = tracing::info_span!("mysql_source", store = %config.store);
-        Self::connect_inner(config, resume_from, span.clone())
+        Self::connect_inner(config, resume_from, logged_through, span.clone())
             .instrument(span)
             .await
     }
@@ -232,6 +245,7 @@ impl MySqlSource {
     async fn connect_inner(
         config: MySqlSourceConfig,
         resume_from: Option<Position>,
+        logged_through: Option<Position>,
         span: tracing::Span,
     ) -> Result<MySqlSource, ConnectorError> {
         let store = config.store.clone();
@@ -379,6 +393,7 @@ impl MySqlSource {
             &file,
         );
         state.set_time_zone(config.time_zone);
+        state.set_logged_through(logged_through);
         state.set_echo_origins(config.echo_origins.clone());
         let mut source = MySqlSource {
             config,
