@@ -161,6 +161,15 @@ pub(crate) fn source_error(err: mysql_async::Error, store: &str, doing: &str) ->
 ///   several domains, `Binlog` positions (`position` = `resume_position` =
 ///   the binlog file and the offset just past the transaction's `XID` or
 ///   `COMMIT` event). Either is strictly increasing in commit order;
+/// - XA transactions: the changes of a prepared XA group are held in memory
+///   until `XA COMMIT` of its XID, which yields them as one transaction at
+///   the commit's position; `XA ROLLBACK` drops them, and the prepared group
+///   itself ends with `Discard`. While one is prepared, `resume_position`,
+///   `Discard` and `Progress` positions stay at the resume position before
+///   its prepare (a restart reads it again); transactions at or below
+///   [`MySqlSource::connect_after`]'s `logged_through` end with `Discard`.
+///   An `XA COMMIT` whose prepare was before the stream's start fails with
+///   [`ErrorKind::PositionLost`] naming the XID;
 /// - `commit_time_micros` is the commit event's header timestamp (whole
 ///   seconds);
 /// - started without `resume_from`, the first message is `Progress(the
