@@ -92,7 +92,8 @@ pub enum StreamEvent {
     /// `Query BEGIN`.
     Begin,
     /// `XID`, `Query COMMIT` (MyISAM), `Query ROLLBACK` (non-transactional
-    /// changes that stay), `XA PREPARE`/`XA COMMIT`.
+    /// changes that stay), `XA COMMIT … ONE PHASE` (and a one-phase
+    /// `XA_PREPARE` event).
     Commit,
     /// `TRUNCATE [TABLE] t`: every row of `t` goes.
     Truncate(TableId),
