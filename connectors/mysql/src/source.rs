@@ -2,6 +2,7 @@
 //! committed transactions from its row-based binlog.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use callosum_api::{
@@ -11,10 +12,12 @@ use callosum_api::{
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, OptsBuilder, Row};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tracing::{debug, info, Instrument};
 
 use crate::binlog_event::convert;
-use crate::binlog_stream::{PositionKind, Refinement, StreamState, TableMap};
+use crate::binlog_stream::{PositionKind, Refinement, StreamState};
 use crate::error::classify;
 use crate::row_value::ZeroDates;
 use crate::sink::redact_url;
@@ -195,7 +198,13 @@ pub(crate) fn source_error(err: mysql_async::Error, store: &str, doing: &str) ->
 pub struct MySqlSource {
     config: MySqlSourceConfig,
     span: tracing::Span,
-    sql: Conn,
+    /// The catalog connection, lent to one look-up task at a time.
+    sql: Arc<Mutex<Conn>>,
+    /// Catalog look-ups run as tasks of their own: a cancelled `next()`
+    /// leaves the task running (instead of dropping a half-read reply on the
+    /// connection, which desynchronises it) and the next call awaits it.
+    refining: Option<JoinHandle<Result<Refinement, ConnectorError>>>,
+    reading_schema: Option<JoinHandle<Result<Option<TableSchema>, ConnectorError>>>,
     mariadb: bool,
     stream: BinlogStream,
     state: StreamState,
@@ -407,7 +416,9 @@ impl MySqlSource {
         let mut source = MySqlSource {
             config,
             span,
-            sql,
+            sql: Arc::new(Mutex::new(sql)),
+            refining: None,
+            reading_schema: None,
             mariadb,
             stream,
             state,
@@ -461,97 +472,127 @@ impl MySqlSource {
                 return Ok(msg);
             }
             if let Some(map) = self.state.pending_table().cloned() {
-                // Stays pending until resolved: a cancelled look-up is redone.
-                let refinement = self.refinement(&map).await?;
+                // Stays pending until resolved; a cancelled call leaves the
+                // look-up running and the next one awaits it.
+                let task = self.refining.get_or_insert_with(|| {
+                    tokio::spawn(
+                        refinement(
+                            self.sql.clone(),
+                            self.config.store.clone(),
+                            map.table.clone(),
+                            self.mariadb,
+                        )
+                        .instrument(self.span.clone()),
+                    )
+                });
+                let result = task.await;
+                self.refining = None;
+                let refinement = result.map_err(|e| lookup_failed(&self.config.store, e))??;
                 self.state.install_table(map, Some(refinement));
                 continue;
             }
             if let Some(table) = self.state.pending_truncate().cloned() {
                 // Stays pending until resolved, like a table map.
-                let schema = self.catalog_schema(&table).await?;
+                let task = self.reading_schema.get_or_insert_with(|| {
+                    tokio::spawn(
+                        catalog_schema(self.sql.clone(), self.config.store.clone(), table)
+                            .instrument(self.span.clone()),
+                    )
+                });
+                let result = task.await;
+                self.reading_schema = None;
+                let schema = result.map_err(|e| lookup_failed(&self.config.store, e))??;
                 self.state.resolve_truncate(schema)?;
                 continue;
             }
             self.read_event().await?;
         }
     }
+}
 
-    /// The schema of `table` as the catalog shows it now (`None`: the table
-    /// is gone), for a `TRUNCATE` of a table the stream has no map of yet.
-    async fn catalog_schema(
-        &mut self,
-        table: &TableId,
-    ) -> Result<Option<TableSchema>, ConnectorError> {
-        let store = &self.config.store;
-        let doing = format!("reading the columns of `{table}`");
-        let rows: Vec<(String, String, String)> = self
-            .sql
-            .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (&table.namespace, &table.name),
-            )
-            .await
-            .map_err(|e| source_error(e, store, &doing))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let columns = rows
-            .into_iter()
-            .map(|(name, data_type, key)| ColumnSchema {
-                name,
-                source_type: data_type.to_ascii_lowercase(),
-                is_key: key == "PRI",
-            })
-            .collect();
-        Ok(Some(TableSchema {
-            table: table.clone(),
-            columns,
-        }))
+/// A look-up task that panicked or was cancelled.
+fn lookup_failed(store: &str, err: tokio::task::JoinError) -> ConnectorError {
+    ConnectorError::new(
+        ErrorKind::Internal,
+        format!("mysql store `{store}`: a catalog look-up task failed: {err}"),
+    )
+}
+
+/// The schema of `table` as the catalog shows it now (`None`: the table
+/// is gone), for a `TRUNCATE` of a table the stream has no map of yet.
+async fn catalog_schema(
+    sql: Arc<Mutex<Conn>>,
+    store: String,
+    table: TableId,
+) -> Result<Option<TableSchema>, ConnectorError> {
+    let doing = format!("reading the columns of `{table}`");
+    let rows: Vec<(String, String, String)> = sql
+        .lock()
+        .await
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_KEY FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&table.namespace, &table.name),
+        )
+        .await
+        .map_err(|e| source_error(e, &store, &doing))?;
+    if rows.is_empty() {
+        return Ok(None);
     }
+    let columns = rows
+        .into_iter()
+        .map(|(name, data_type, key)| ColumnSchema {
+            name,
+            source_type: data_type.to_ascii_lowercase(),
+            is_key: key == "PRI",
+        })
+        .collect();
+    Ok(Some(TableSchema { table, columns }))
+}
 
-    /// What the catalog says that the binlog does not: `tinyint(1)` columns
-    /// and, on MariaDB, text columns with a `json_valid` check (`json`).
-    /// The catalog shows the table as it is now; names that no longer match
-    /// the table map are simply not refined.
-    async fn refinement(&mut self, map: &TableMap) -> Result<Refinement, ConnectorError> {
-        let store = &self.config.store;
-        let t = &map.table;
-        let doing = format!("reading the columns of `{t}`");
-        let rows: Vec<(String, String)> = self
-            .sql
+/// What the catalog says that the binlog does not: `tinyint(1)` columns
+/// and, on MariaDB, text columns with a `json_valid` check (`json`).
+/// The catalog shows the table as it is now; names that no longer match
+/// the table map are simply not refined.
+async fn refinement(
+    sql: Arc<Mutex<Conn>>,
+    store: String,
+    t: TableId,
+    mariadb: bool,
+) -> Result<Refinement, ConnectorError> {
+    let doing = format!("reading the columns of `{t}`");
+    let mut sql = sql.lock().await;
+    let rows: Vec<(String, String)> = sql
+        .exec(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (&t.namespace, &t.name),
+        )
+        .await
+        .map_err(|e| source_error(e, &store, &doing))?;
+    let mut r = Refinement::default();
+    for (name, column_type) in rows {
+        if column_type.to_ascii_lowercase().starts_with("tinyint(1)") {
+            r.tiny1.insert(name);
+        }
+    }
+    if mariadb {
+        let checks: Vec<String> = sql
             .exec(
-                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
                 (&t.namespace, &t.name),
             )
             .await
-            .map_err(|e| source_error(e, store, &doing))?;
-        let mut r = Refinement::default();
-        for (name, column_type) in rows {
-            if column_type.to_ascii_lowercase().starts_with("tinyint(1)") {
-                r.tiny1.insert(name);
+            .map_err(|e| source_error(e, &store, &doing))?;
+        for check in checks {
+            if let Some(column) = json_valid_column(&check) {
+                r.json.insert(column);
             }
         }
-        if self.mariadb {
-            let checks: Vec<String> = self
-                .sql
-                .exec(
-                    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                     WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                    (&t.namespace, &t.name),
-                )
-                .await
-                .map_err(|e| source_error(e, store, &doing))?;
-            for check in checks {
-                if let Some(column) = json_valid_column(&check) {
-                    r.json.insert(column);
-                }
-            }
-        }
-        debug!(table = %t, tiny1 = r.tiny1.len(), json = r.json.len(), "table map refined from the catalog");
-        Ok(r)
     }
+    debug!(table = %t, tiny1 = r.tiny1.len(), json = r.json.len(), "table map refined from the catalog");
+    Ok(r)
 }
 
 /// `json_valid(`doc`)` → `doc`.
