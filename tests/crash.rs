@@ -118,24 +118,6 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
     );
 }
 
-/// `GET path` of the agent's HTTP listener; empty while it does not answer.
-async fn http_get(listen: std::net::SocketAddr, path: &'static str) -> String {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
-            return String::new();
-        };
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
-        let mut text = String::new();
-        if stream.write_all(request.as_bytes()).is_ok() {
-            let _ = stream.read_to_string(&mut text);
-        }
-        text
-    })
-    .await
-    .unwrap()
-}
-
 /// A panic in a worker (the failpoint `CALLOSUM_TEST_PANIC`, debug builds
 /// only) halts its pipeline visibly: `/status` and `callosum status` say
 /// halted with the internal error, `callosum_errors_total{kind="internal"}`
@@ -174,7 +156,11 @@ async fn a_panicking_worker_halts_its_pipeline_visibly() {
         common::wait_for(
             &format!("the agent's http listener ({worker})"),
             Duration::from_secs(60),
-            || async { http_get(listen, "/status").await.contains("pg_to_mysql") },
+            || async {
+                agent_process::http_get(listen, "/status")
+                    .await
+                    .contains("pg_to_mysql")
+            },
         )
         .await;
         common::wait_for_slot(&db).await;
@@ -188,12 +174,12 @@ async fn a_panicking_worker_halts_its_pipeline_visibly() {
             &format!("the {worker} panic to halt the pipeline"),
             Duration::from_secs(60),
             || async {
-                let status = http_get(listen, "/status").await;
+                let status = agent_process::http_get(listen, "/status").await;
                 status.contains("halted") && status.contains(shown)
             },
         )
         .await;
-        let metrics = http_get(listen, "/metrics").await;
+        let metrics = agent_process::http_get(listen, "/metrics").await;
         assert!(
             metrics
                 .lines()

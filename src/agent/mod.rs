@@ -8,7 +8,8 @@ use apply_worker::ApplyWorker;
 
 use anyhow::Context;
 use callosum_api::{
-    ConnectorError, EchoOrigins, ErrorClass, Position, Sink, Source, SourceMessage, TableId,
+    ConnectorError, EchoOrigins, ErrorClass, ErrorKind, Position, Sink, Source, SourceMessage,
+    TableId,
 };
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
 use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
@@ -20,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn, Instrument};
 
-use crate::capture::{self, CaptureObserver};
-use crate::config::{Config, PipelineConfig, StoreConfig};
+use crate::capture::{self, AckPolicy, CaptureObserver};
+use crate::config::{Acknowledge, Config, PipelineConfig, StoreConfig};
 use crate::dead_letter::{DeadLetterControl, PipelineDeadLetters};
 use crate::http::{AgentStatus, PipelineState};
 use crate::log::{ChangeLog, LogWriter};
@@ -177,8 +178,28 @@ impl Agent {
                 .filter(|p| &p.to == store_name)
                 .map(|p| sink_config(p, &config.stores[&p.from], &config.stores[&p.to]))
                 .collect::<Result<Vec<_>, _>>()?;
+            let reader_sinks = config
+                .pipelines
+                .iter()
+                .filter(|p| &p.from == store_name)
+                .map(|p| {
+                    let sink = sink_config(p, &config.stores[&p.from], &config.stores[&p.to])?;
+                    Ok((p.name.clone(), sink))
+                })
+                .collect::<Result<Vec<_>, ConnectorError>>()?;
+            let rule = match &config.stores[store_name] {
+                StoreConfig::Postgres(pg) => pg.acknowledge,
+                // a binlog server is told nothing: resuming from the
+                // targets' checkpoints is what keeps a lost log lossless
+                StoreConfig::Mysql(_) => Acknowledge::Applied,
+            };
             let worker = CaptureWorker {
                 store: store_name.clone(),
+                ack: AckPolicy {
+                    rule,
+                    pipelines: readers_by_store[store_name].clone(),
+                },
+                reader_sinks,
                 config: config.stores[store_name].clone(),
                 tables: tables.iter().cloned().collect(),
                 echo_targets,
@@ -432,7 +453,8 @@ async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) ->
 /// A captured store's source, whatever its engine.
 enum AnySource {
     Postgres(PgSource),
-    Mysql(MySqlSource),
+    // boxed: the binlog source is the larger by far
+    Mysql(Box<MySqlSource>),
 }
 
 impl Source for AnySource {
@@ -517,9 +539,9 @@ impl SourceConfig {
             SourceConfig::Postgres(config) => {
                 AnySource::Postgres(PgSource::connect(config, resume).await?)
             }
-            SourceConfig::Mysql(config) => {
-                AnySource::Mysql(MySqlSource::connect_after(config, resume, logged_through).await?)
-            }
+            SourceConfig::Mysql(config) => AnySource::Mysql(Box::new(
+                MySqlSource::connect_after(config, resume, logged_through).await?,
+            )),
         })
     }
 }
@@ -560,6 +582,7 @@ pub(crate) fn source_config(
             publication: pg.publication_name(name),
             tables,
             echo_origins: EchoOrigins::default(),
+            confirmed_means_applied: pg.acknowledge == Acknowledge::Applied,
         }),
         StoreConfig::Mysql(mysql) => SourceConfig::Mysql(MySqlSourceConfig {
             store: name.to_string(),
@@ -606,6 +629,10 @@ pub(crate) fn sink_config(
 
 struct CaptureWorker {
     store: String,
+    ack: AckPolicy,
+    /// The sinks of the pipelines reading this store, by pipeline: their
+    /// checkpoints are where an empty change log resumes.
+    reader_sinks: Vec<(String, SinkConfig)>,
     config: StoreConfig,
     tables: Vec<TableId>,
     /// Sinks of pipelines that write into this store.
@@ -703,7 +730,10 @@ impl CaptureWorker {
                 callosum_postgres::ensure_checkpoint_table(target).await?;
             }
         }
-        let resume = writer.resume_position();
+        let resume = match writer.resume_position() {
+            Some(position) => Some(position),
+            None => self.oldest_target_checkpoint().await?,
+        };
         let logged_through = writer.last_position().map_err(ConnectorError::from)?;
         let mut source = config.connect(resume.clone(), logged_through).await?;
         info!(resume = %resume.as_ref().map_or("slot".to_string(), |p| p.to_string()), "capturing");
@@ -713,7 +743,48 @@ impl CaptureWorker {
             status: &self.status,
             pipelines: &self.pipelines,
         };
-        capture::capture(&mut source, writer, &mut observer, shutdown).await
+        capture::capture(&mut source, writer, &self.ack, &mut observer, shutdown).await
+    }
+
+    /// Where a source resumes when the change log holds nothing (a first
+    /// start, or a `data_dir` that was lost): the oldest checkpoint among
+    /// the targets of the store's pipelines, so that what was captured but
+    /// not applied is read again from the source (the slot, acknowledged
+    /// only up to what was applied, or the binlog). `None` when no target
+    /// has a checkpoint yet: a first start begins at the slot or at the
+    /// binlog's current position. A pipeline without a checkpoint while
+    /// others have one starts where they resume.
+    async fn oldest_target_checkpoint(&self) -> Result<Option<Position>, ConnectorError> {
+        let mut oldest: Option<(String, Position)> = None;
+        for (pipeline, sink) in &self.reader_sinks {
+            let mut sink = sink.clone().connect().await?;
+            let Some(checkpoint) = sink.checkpoint().await? else {
+                continue;
+            };
+            let older = match &oldest {
+                None => true,
+                Some((_, current)) => match checkpoint.partial_cmp(current) {
+                    Some(order) => order.is_lt(),
+                    None => {
+                        return Err(ConnectorError::new(
+                            ErrorKind::PositionLost,
+                            format!(
+                                "store `{}`: the checkpoints of pipeline `{pipeline}` ({checkpoint}) and of the store's other pipelines ({current}) cannot be compared",
+                                self.store
+                            ),
+                        )
+                        .with_hint("each pipeline's checkpoint row must come from this store; delete a stale row from callosum_checkpoint in that pipeline's target"))
+                    }
+                },
+            };
+            if older {
+                oldest = Some((pipeline.clone(), checkpoint));
+            }
+        }
+        if let Some((pipeline, position)) = &oldest {
+            info!(pipeline = %pipeline, resume = %position, "change log is empty: resuming from the oldest target checkpoint");
+        }
+        Ok(oldest.map(|(_, position)| position))
     }
 }
 

@@ -28,6 +28,41 @@ pub struct PostgresStore {
     /// Schema of bare table names and of mirrored MySQL tables; default
     /// `public`.
     pub schema: Option<String>,
+    /// What the slot is told Callosum no longer needs; default `applied`.
+    pub acknowledge: Acknowledge,
+}
+
+/// `acknowledge` of a PostgreSQL store: when the replication slot may free
+/// the WAL of a captured transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Once every pipeline reading the store has applied it to its target
+    /// (the default). The change log is then a buffer, not the only copy: an
+    /// agent whose `data_dir` is lost resumes from the slot and the targets'
+    /// checkpoints and loses nothing. A target that is down makes the slot
+    /// retain WAL (`callosum_source_lag_bytes`; cap it with
+    /// `max_slot_wal_keep_size`).
+    #[default]
+    Applied,
+    /// Once the change log has flushed it: the WAL is freed sooner, and the
+    /// change log is the only copy of what the targets have not applied yet,
+    /// so `data_dir` must be on a durable disk; if it is lost, the pipelines
+    /// halt with `PositionLost`.
+    Logged,
+}
+
+impl<'de> Deserialize<'de> for Acknowledge {
+    /// By hand, so that a wrong value names the key.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "applied" => Ok(Acknowledge::Applied),
+            "logged" => Ok(Acknowledge::Logged),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid value {other:?} for key `acknowledge`: expected \"applied\" or \"logged\""
+            ))),
+        }
+    }
 }
 
 /// A MySQL or MariaDB store.
@@ -88,6 +123,7 @@ struct RawStore {
     slot: Option<String>,
     publication: Option<String>,
     schema: Option<String>,
+    acknowledge: Option<Acknowledge>,
     server_id: Option<u32>,
     zero_dates: Option<ZeroDates>,
     time_zone: Option<String>,
@@ -135,6 +171,7 @@ impl TryFrom<RawStore> for StoreConfig {
                     slot: raw.slot,
                     publication: raw.publication,
                     schema: raw.schema,
+                    acknowledge: raw.acknowledge.unwrap_or_default(),
                 }))
             }
             StoreKind::Mysql => {
@@ -145,6 +182,10 @@ impl TryFrom<RawStore> for StoreConfig {
                         ("schema", raw.schema.is_some()),
                     ],
                     "applies only to kind = \"postgres\" stores; remove it from this kind = \"mysql\" store (its database is the one in the url)",
+                )?;
+                reject_misplaced(
+                    &[("acknowledge", raw.acknowledge.is_some())],
+                    "applies only to kind = \"postgres\" stores: a binlog server keeps its binlog whatever a replica reads, and Callosum resumes from the targets' checkpoints when its change log is empty; remove it",
                 )?;
                 let server_id = raw.server_id.ok_or_else(|| {
                     "missing key `server_id` (required for kind = \"mysql\"): the replica id of the binlog connection, unique among the server's replicas, e.g. server_id = 4201"
@@ -377,6 +418,7 @@ impl fmt::Debug for PostgresStore {
             .field("slot", &self.slot)
             .field("publication", &self.publication)
             .field("schema", &self.schema)
+            .field("acknowledge", &self.acknowledge)
             .finish()
     }
 }

@@ -612,3 +612,41 @@ fn mirror_table_maps_namespaces() {
         TableId::new("other", "stock")
     );
 }
+
+#[test]
+fn acknowledge_defaults_to_applied_parses_and_is_postgres_only() {
+    let acknowledge = |config: &Config| match &config.stores["crm"] {
+        StoreConfig::Postgres(crm) => crm.acknowledge,
+        other => panic!("crm is postgres: {other:?}"),
+    };
+    assert_eq!(
+        acknowledge(&Config::from_toml(&base("")).unwrap()),
+        Acknowledge::Applied
+    );
+    for (text, expected) in [
+        ("applied", Acknowledge::Applied),
+        ("logged", Acknowledge::Logged),
+    ] {
+        let config = Config::from_toml(&base("").replace(
+            "kind = \"postgres\"",
+            &format!("kind = \"postgres\"\nacknowledge = \"{text}\""),
+        ))
+        .unwrap();
+        assert_eq!(acknowledge(&config), expected);
+    }
+    let text = base("").replace(
+        "kind = \"postgres\"",
+        "kind = \"postgres\"\nacknowledge = \"flushed\"",
+    );
+    let (message, _) = parse_error(&text);
+    assert!(message.contains("key `acknowledge`"), "{message}");
+    assert!(message.contains("\"applied\" or \"logged\""), "{message}");
+    // a binlog server is told nothing
+    let text = base("").replace(
+        "server_id = 4201",
+        "server_id = 4201\nacknowledge = \"logged\"",
+    );
+    let (message, _) = parse_error(&text);
+    assert!(message.contains("`acknowledge`"), "{message}");
+    assert!(message.contains("only to kind = \"postgres\""), "{message}");
+}

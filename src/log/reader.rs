@@ -61,6 +61,11 @@ pub struct LogReader {
     applied_cumulative: Option<u64>,
     filter: Option<Arc<PipelineFilter>>,
     filtered_cursor: Option<FilteredCursor>,
+    /// The target's checkpoint while transactions at or below it may still
+    /// enter the log (a source resumed from an older checkpoint than this
+    /// pipeline's: an empty log resumes from the oldest of the store's
+    /// targets); cleared at the first transaction past it.
+    floor: Option<Position>,
 }
 
 impl std::fmt::Debug for LogReader {
@@ -85,6 +90,7 @@ impl LogReader {
             applied_cumulative: None,
             filter: None,
             filtered_cursor: None,
+            floor: None,
         }
     }
 
@@ -190,6 +196,7 @@ impl LogReader {
         let start = truncation.through_seq.map_or(0, |s| s + 1);
         self.next_seq = start;
         self.applied_cumulative = None;
+        self.floor = checkpoint.cloned();
         let Some(checkpoint) = checkpoint else {
             return Ok(());
         };
@@ -227,9 +234,17 @@ impl LogReader {
 
     /// The next durable transactions, whole, starting at the cursor: as many
     /// as fit in `max_events` events, and at least one if there is any.
-    /// Does not move the cursor.
-    pub fn peek_transactions(&self, max_events: u64) -> Result<Vec<(u64, TxnRecord)>, LogError> {
+    /// Does not move the cursor, except past transactions at or below the
+    /// checkpoint given to [`Self::seek_after`] that entered the log after
+    /// it: the target holds them already.
+    pub fn peek_transactions(
+        &mut self,
+        max_events: u64,
+    ) -> Result<Vec<(u64, TxnRecord)>, LogError> {
         let durable = *self.durable.borrow();
+        if self.floor.is_some() {
+            self.skip_at_or_below_floor(durable)?;
+        }
         let mut out = Vec::new();
         let mut events = 0u64;
         for entry in self
@@ -249,6 +264,36 @@ impl LogReader {
             }
         }
         Ok(out)
+    }
+
+    fn skip_at_or_below_floor(&mut self, durable: u64) -> Result<(), LogError> {
+        let Some(floor) = self.floor.clone() else {
+            return Ok(());
+        };
+        for entry in self
+            .store
+            .txns
+            .range(seq_key(self.next_seq)..seq_key(durable))
+        {
+            let (key, value) = entry?;
+            let txn = codec::decode_txn(&value)?;
+            match txn.position.partial_cmp(&floor) {
+                Some(Ordering::Greater) => {
+                    self.floor = None;
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    return Err(LogError::IncomparablePosition {
+                        checkpoint: floor.to_string(),
+                        log_position: txn.position.to_string(),
+                    })
+                }
+            }
+            self.next_seq = key_seq(&key)? + 1;
+            self.applied_cumulative = Some(txn.cumulative_events);
+        }
+        Ok(())
     }
 
     /// Appends to `out` up to `limit` events of `txn`, skipping its first
@@ -406,6 +451,7 @@ impl LogReader {
         let mut reader = LogReader::new(self.store.clone(), &self.pipeline);
         reader.next_seq = self.next_seq;
         reader.filter = self.filter.clone();
+        reader.floor = self.floor.clone();
         reader
     }
 }

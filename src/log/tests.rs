@@ -404,3 +404,78 @@ async fn a_filtered_reader_sees_only_its_tables_and_skips_its_targets_writes() {
     assert_eq!(all[0].1.len(), 10);
     assert_eq!(all[2], (Position::Pg(Lsn(30)), vec![200]));
 }
+
+/// `acknowledge = "applied"`: the source may forget only what every
+/// pipeline applied — the resume position of the last transaction all of
+/// them applied, the head (with idle progress) once all applied everything,
+/// and after truncation the truncated transaction's own position.
+#[tokio::test]
+async fn applied_by_all_follows_the_slowest_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let s = schema();
+    let mut writer = log.writer("crm").unwrap();
+    let pipelines = ["fast".to_string(), "slow".to_string()];
+    assert_eq!(writer.applied_by_all(&pipelines).unwrap(), None);
+    for lsn in [10, 20, 30] {
+        write_txn(&mut writer, &s, lsn, 0..2);
+    }
+    writer.flush().await.unwrap();
+    let mut fast = log.reader("crm", "fast").unwrap();
+    fast.seek_after(None).unwrap();
+    let mut slow = log.reader("crm", "slow").unwrap();
+    slow.seek_after(None).unwrap();
+    read_all(&mut fast);
+    assert_eq!(
+        writer.applied_by_all(&pipelines).unwrap(),
+        None,
+        "the slow pipeline applied nothing"
+    );
+    let txns = slow.peek_transactions(u64::MAX).unwrap();
+    slow.mark_applied(txns[0].0, &txns[0].1).unwrap();
+    assert_eq!(
+        writer.applied_by_all(&pipelines).unwrap(),
+        Some(Position::Pg(Lsn(11)))
+    );
+    // truncation removes what both applied; the mark keeps its position
+    assert_eq!(log.truncate_applied("crm", &["fast", "slow"]).unwrap(), 1);
+    assert_eq!(
+        writer.applied_by_all(&pipelines).unwrap(),
+        Some(Position::Pg(Lsn(10)))
+    );
+    slow.mark_applied(txns[2].0, &txns[2].1).unwrap();
+    writer.progress(Position::Pg(Lsn(50)));
+    writer.flush().await.unwrap();
+    assert_eq!(
+        writer.applied_by_all(&pipelines).unwrap(),
+        Some(Position::Pg(Lsn(50))),
+        "all applied: the head, idle progress included"
+    );
+}
+
+/// An empty log resumes from the oldest target checkpoint of the store's
+/// pipelines: a pipeline further ahead sees the transactions it already
+/// applied arrive after its seek, and must skip them, not apply them twice.
+#[tokio::test]
+async fn transactions_at_or_below_the_checkpoint_that_arrive_later_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let s = schema();
+    let mut writer = log.writer("crm").unwrap();
+    let mut reader = log.reader("crm", "ahead").unwrap();
+    reader.seek_after(Some(&Position::Pg(Lsn(20)))).unwrap();
+    for (lsn, ids) in [(10, 0..1), (20, 1..2)] {
+        write_txn(&mut writer, &s, lsn, ids);
+    }
+    writer.flush().await.unwrap();
+    assert!(
+        read_all(&mut reader.fork()).is_empty(),
+        "held by the target"
+    );
+    write_txn(&mut writer, &s, 30, 2..3);
+    writer.flush().await.unwrap();
+    assert_eq!(
+        read_all(&mut reader),
+        vec![(Position::Pg(Lsn(30)), vec![2])]
+    );
+}

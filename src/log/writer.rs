@@ -101,6 +101,46 @@ impl LogWriter {
         Ok(self.store.truncation()?.through_position)
     }
 
+    /// The newest durable position every one of `pipelines` has applied to
+    /// its target: the resume position of the last transaction all of them
+    /// applied (their cursors, written after each target commit), or the
+    /// durable head (idle progress included) when all of them applied
+    /// everything the log holds. `None` when some pipeline has applied
+    /// nothing yet. Never beyond the last flush.
+    ///
+    /// With `acknowledge = "applied"` this, not [`LogWriter::flush`]'s
+    /// position, is what the source is told: a lost `data_dir` then loses
+    /// nothing the source cannot send again.
+    pub fn applied_by_all(&self, pipelines: &[String]) -> Result<Option<Position>, LogError> {
+        let mut applied_below: Option<u64> = None;
+        for pipeline in pipelines {
+            let below = match self.store.cursors.get(self.store.cursor_key(pipeline))? {
+                Some(bytes) => codec::decode::<u64>(&bytes, "cursor")? + 1,
+                None => 0,
+            };
+            applied_below = Some(applied_below.map_or(below, |b: u64| b.min(below)));
+        }
+        let Some(applied_below) = applied_below else {
+            return Ok(None);
+        };
+        if applied_below >= self.head.next_txn_seq {
+            return Ok(self.head.resume_position.clone());
+        }
+        let Some(last_applied) = applied_below.checked_sub(1) else {
+            return Ok(None);
+        };
+        if let Some(bytes) = self.store.txns.get(seq_key(last_applied))? {
+            return Ok(Some(codec::decode_txn(&bytes)?.resume_position));
+        }
+        // truncated: it was the newest transaction truncation removed, whose
+        // position (not later than its resume position) the mark keeps
+        let mark = self.store.truncation()?;
+        Ok(match mark.through_seq {
+            Some(seq) if seq == last_applied => mark.through_position,
+            _ => None,
+        })
+    }
+
     /// The durable resume position (what a restart would use now).
     pub fn durable_resume_position(&self) -> Option<&Position> {
         self.head.resume_position.as_ref()

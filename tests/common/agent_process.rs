@@ -43,3 +43,21 @@ pub async fn kill(agent: &mut Child) -> std::process::ExitStatus {
     agent.start_kill().unwrap();
     agent.wait().await.unwrap()
 }
+
+/// `GET path` of the agent's HTTP listener; empty while it does not answer.
+pub async fn http_get(listen: std::net::SocketAddr, path: &'static str) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
+            return String::new();
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
+        let mut text = String::new();
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_string(&mut text);
+        }
+        text
+    })
+    .await
+    .unwrap()
+}

@@ -38,6 +38,11 @@ pub struct PgSourceConfig {
     /// origin store, instead of dropped as echo (a store feeding several
     /// pipelines); empty: every Callosum write is dropped.
     pub echo_origins: EchoOrigins,
+    /// Whether the slot is told only what every target applied (the store's
+    /// `acknowledge = "applied"`): a slot confirmed past `resume_from` then
+    /// only means the targets hold what lies between, and streaming starts
+    /// at the slot. Otherwise (`"logged"`) that is a gap: `PositionLost`.
+    pub confirmed_means_applied: bool,
 }
 
 impl PgSourceConfig {
@@ -209,14 +214,16 @@ impl PgSource {
     /// Connects to the store, makes sure the publication (with the
     /// configured tables and `public.callosum_checkpoint` when it exists) and
     /// the replication slot exist, and starts streaming from `resume_from`
-    /// (a `resume_position` / `Progress` position the change log holds) or,
-    /// when `None`, from the slot's confirmed position.
+    /// (a `resume_position` / `Progress` position the change log holds, or
+    /// a target's checkpoint when the log is empty) or, when `None`, from
+    /// the slot's confirmed position.
     ///
     /// Fails with [`ErrorKind::Schema`] naming every configured table that
     /// does not exist, and with [`ErrorKind::PositionLost`] when
     /// `resume_from` is given but the slot is gone or invalidated, or has
-    /// confirmed a position past `resume_from` (the log is older than the
-    /// slot: the changes between would be skipped).
+    /// confirmed a position past `resume_from` while the slot is told what
+    /// was logged rather than applied (the changes between would be
+    /// skipped; [`PgSourceConfig::confirmed_means_applied`]).
     pub async fn connect(
         config: PgSourceConfig,
         resume_from: Option<Position>,
@@ -312,11 +319,11 @@ impl PgSource {
                     return Err(ConnectorError::new(
                         ErrorKind::PositionLost,
                         format!(
-                            "postgres store `{store}`: replication slot `{}` does not exist, but the change log resumes from {lsn}",
+                            "postgres store `{store}`: replication slot `{}` does not exist, but Callosum resumes from {lsn} (the change log's position, or a target's checkpoint)",
                             config.slot
                         ),
                     )
-                    .with_hint("the slot was dropped and changes since then are lost: re-snapshot the tables (or reset the store's change log)"));
+                    .with_hint("the slot was dropped and the changes since then are lost: re-snapshot the tables; to start afresh instead, delete the pipelines' rows from callosum_checkpoint in their targets and move data_dir aside"));
                 }
                 let created = repl
                     .create_logical_slot(&config.slot, SlotSnapshot::Nothing)
@@ -327,7 +334,9 @@ impl PgSource {
             }
         };
         if let Some(r) = resume_from {
-            if r < confirmed {
+            if r < confirmed && config.confirmed_means_applied {
+                info!(resume_from = %r, confirmed = %confirmed, "the slot confirmed what the targets applied past the resume position; streaming from the slot's position");
+            } else if r < confirmed {
                 // The slot was acknowledged past what the change log holds
                 // (a data_dir restored from a backup or copied from another
                 // agent): the server would start at `confirmed`, and what
@@ -335,11 +344,11 @@ impl PgSource {
                 return Err(ConnectorError::new(
                     ErrorKind::PositionLost,
                     format!(
-                        "postgres store `{store}`: replication slot `{}` has confirmed {confirmed}, past the change log's resume position {r}; the changes between them are not in this log",
+                        "postgres store `{store}`: replication slot `{}` has confirmed {confirmed}, past the resume position {r}; the changes between them can no longer be read",
                         config.slot
                     ),
                 )
-                .with_hint("the change log is older than the slot (data_dir restored from a backup, or another agent used the slot): re-snapshot the pipelines' tables from this store"));
+                .with_hint("the slot was told more than was applied: the change log is older than the slot (data_dir restored from a backup, or lost with acknowledge = \"logged\"), or another agent used the slot; re-snapshot the pipelines' tables from this store"));
             }
         }
         let start = resume_from.unwrap_or(confirmed).max(confirmed);
