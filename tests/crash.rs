@@ -124,9 +124,6 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
 /// counts it; the row values never reach the agent log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_halts_its_pipeline_visibly() {
-    let db = common::fresh_databases("panic").await;
-    create_plain_orders(&db).await;
-    let pg = common::pg_client(&db.pg_url).await;
     for (worker, shown) in [
         ("apply", "internal error: apply worker panicked"),
         ("capture", "internal error: capture worker panicked"),
@@ -135,6 +132,11 @@ async fn a_panicking_worker_halts_its_pipeline_visibly() {
             "internal error: the change log prefetch task panicked",
         ),
     ] {
+        // databases of its own: the slot is acknowledged only past what was
+        // applied, so the row of a halted run would come again
+        let db = common::fresh_databases(&format!("panic_{worker}")).await;
+        create_plain_orders(&db).await;
+        let pg = common::pg_client(&db.pg_url).await;
         let dir = tempfile::tempdir().unwrap();
         let listen = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
