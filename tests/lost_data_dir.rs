@@ -19,6 +19,11 @@ use tokio::process::Child;
 
 const ROWS: i64 = 2_000;
 
+/// One scenario at a time: a target blocked with an open transaction on the
+/// shared PostgreSQL server makes another test's slot creation wait for it
+/// (a logical slot waits for running transactions).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_listen() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -121,10 +126,16 @@ async fn lose_data_dir_while_target_blocked(
             "crm"
         }
         Direction::MysqlToPg => {
+            // the binlog source starts at the server's current position:
+            // ready once it has connected
             common::wait_for(
-                "the agent's http listener",
+                "the pipeline to stream",
                 Duration::from_secs(60),
-                || async { http_get(listen, "/status").await.contains("streaming") },
+                || async {
+                    http_get(listen, "/readyz")
+                        .await
+                        .starts_with("HTTP/1.1 200")
+                },
             )
             .await;
             common::mysql_exec(
@@ -186,6 +197,7 @@ async fn lose_data_dir_while_target_blocked(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_to_mysql_loses_nothing_with_the_data_dir() {
+    let _serial = SERIAL.lock().await;
     let db = common::fresh_databases("lost_dir_pg").await;
     create_plain_orders(&db).await;
     common::audit::install_mysql(&db.mysql).await;
@@ -203,6 +215,7 @@ async fn pg_to_mysql_loses_nothing_with_the_data_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_to_pg_loses_nothing_with_the_data_dir() {
+    let _serial = SERIAL.lock().await;
     let db = common::fresh_databases("lost_dir_my").await;
     create_plain_orders(&db).await;
     common::audit::install_pg(&db.pg).await;
@@ -223,6 +236,7 @@ async fn mysql_to_pg_loses_nothing_with_the_data_dir() {
 /// position and the target's, instead of streaming on with a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_after_a_lost_logged_data_dir_halts_by_name() {
+    let _serial = SERIAL.lock().await;
     let db = common::fresh_databases("lost_dir_logged").await;
     create_plain_orders(&db).await;
     let dir = tempfile::tempdir().unwrap();
