@@ -31,6 +31,22 @@ fn free_listen() -> SocketAddr {
         .unwrap()
 }
 
+/// Prints the agent's log when the test fails.
+struct ShowLogOnPanic(std::path::PathBuf);
+
+impl Drop for ShowLogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "agent log, last lines:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
 fn spawn_agent(config: &Path, log: &Path) -> Child {
     agent_process::spawn_agent(config, log, &[("CALLOSUM_LOG", "info")])
 }
@@ -115,6 +131,7 @@ async fn lose_data_dir_while_target_blocked(
     }
     let config = write_config(dir, &toml);
     let agent_log = dir.join("agent.log");
+    let _show_log = ShowLogOnPanic(agent_log.clone());
     let mut agent = spawn_agent(&config, &agent_log);
     let source_store = match direction {
         Direction::PgToMysql => {
@@ -126,22 +143,20 @@ async fn lose_data_dir_while_target_blocked(
             "crm"
         }
         Direction::MysqlToPg => {
-            // the binlog source starts at the server's current position:
-            // ready once it has connected
-            common::wait_for(
-                "the pipeline to stream",
-                Duration::from_secs(60),
-                || async {
-                    http_get(listen, "/readyz")
-                        .await
-                        .starts_with("HTTP/1.1 200")
-                },
-            )
-            .await;
-            common::mysql_exec(
-                &db.mysql,
-                "INSERT INTO orders VALUES (1, 1, 'first', 1.00, 'x')",
-            )
+            // the binlog source starts at the server's current position
+            // when it connects: write the first row until it arrives
+            common::wait_for("the agent to connect", Duration::from_secs(60), || async {
+                common::mysql_exec(
+                    &db.mysql,
+                    "INSERT INTO orders VALUES (1, 1, 'first', 1.00, 'x') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
+                )
+                .await;
+                db.pg
+                    .query_opt("SELECT 1 FROM orders WHERE id = 1", &[])
+                    .await
+                    .unwrap()
+                    .is_some()
+            })
             .await;
             "erp"
         }
