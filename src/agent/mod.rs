@@ -452,8 +452,8 @@ async fn sleep_or_stop(delay: Duration, shutdown: &mut watch::Receiver<bool>) ->
 
 /// A captured store's source, whatever its engine.
 enum AnySource {
-    Postgres(PgSource),
-    // boxed: the binlog source is the larger by far
+    // boxed: both are large and there is one per store
+    Postgres(Box<PgSource>),
     Mysql(Box<MySqlSource>),
 }
 
@@ -537,7 +537,7 @@ impl SourceConfig {
     ) -> Result<AnySource, ConnectorError> {
         Ok(match self {
             SourceConfig::Postgres(config) => {
-                AnySource::Postgres(PgSource::connect(config, resume).await?)
+                AnySource::Postgres(Box::new(PgSource::connect(config, resume).await?))
             }
             SourceConfig::Mysql(config) => AnySource::Mysql(Box::new(
                 MySqlSource::connect_after(config, resume, logged_through).await?,
