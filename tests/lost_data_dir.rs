@@ -104,6 +104,7 @@ async fn lose_data_dir_while_target_blocked(
     dir: &Path,
     direction: Direction,
     acknowledge: Option<&str>,
+    drop_slot: bool,
 ) -> (Child, SocketAddr, std::path::PathBuf) {
     let listen = free_listen();
     let data_dir = dir.join("data");
@@ -198,6 +199,21 @@ async fn lose_data_dir_while_target_blocked(
         Some(9)
     );
     std::fs::remove_dir_all(&data_dir).unwrap();
+    if drop_slot {
+        // the killed agent's walsender may hold the slot for a moment
+        let slot = common::slot_name(db);
+        common::wait_for(
+            "the slot to be dropped",
+            Duration::from_secs(30),
+            || async {
+                db.pg
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
     if let Some(mut conn) = mysql_lock {
         conn.query_drop("UNLOCK TABLES").await.unwrap();
     }
@@ -218,7 +234,8 @@ async fn pg_to_mysql_loses_nothing_with_the_data_dir() {
     common::audit::install_mysql(&db.mysql).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut agent, _, agent_log) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, None).await;
+        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, None, false)
+            .await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
     common::audit::assert_strictly_increasing(
         &common::audit::mysql_positions(&db.mysql).await,
@@ -236,7 +253,8 @@ async fn mysql_to_pg_loses_nothing_with_the_data_dir() {
     common::audit::install_pg(&db.pg).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut agent, _, agent_log) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::MysqlToPg, None).await;
+        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::MysqlToPg, None, false)
+            .await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
     common::audit::assert_strictly_increasing(
         &common::audit::pg_positions(&db.pg).await,
@@ -255,9 +273,14 @@ async fn a_gap_after_a_lost_logged_data_dir_halts_by_name() {
     let db = common::fresh_databases("lost_dir_logged").await;
     create_plain_orders(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut agent, listen, agent_log) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, Some("logged"))
-            .await;
+    let (mut agent, listen, agent_log) = lose_data_dir_while_target_blocked(
+        &db,
+        dir.path(),
+        Direction::PgToMysql,
+        Some("logged"),
+        false,
+    )
+    .await;
     common::wait_for(
         "the pipeline to halt on the gap",
         Duration::from_secs(60),
@@ -281,6 +304,40 @@ async fn a_gap_after_a_lost_logged_data_dir_halts_by_name() {
         Some("1"),
         "nothing after the gap is applied"
     );
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+}
+
+/// The slot is dropped along with `data_dir` (or re-created by someone):
+/// the changes after the target's checkpoint are gone from the source too.
+/// Before, a new slot was created silently and streaming went on without
+/// them; now the pipeline halts with `PositionLost` and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_with_a_lost_data_dir_halts_by_name() {
+    let _serial = SERIAL.lock().await;
+    let db = common::fresh_databases("lost_dir_slot").await;
+    create_plain_orders(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, listen, _) =
+        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, None, true).await;
+    common::wait_for(
+        "the pipeline to halt on the dropped slot",
+        Duration::from_secs(60),
+        || async {
+            let status = http_get(listen, "/status").await;
+            status.contains("halted") && status.contains("does not exist")
+        },
+    )
+    .await;
+    let slots = db
+        .pg
+        .query(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&common::slot_name(&db)],
+        )
+        .await
+        .unwrap();
+    assert!(slots.is_empty(), "no new slot is created over the gap");
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
 }
