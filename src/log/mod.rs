@@ -59,6 +59,8 @@ pub enum LogError {
     },
     #[error("store `{0}` already has a log writer")]
     WriterInUse(String),
+    #[error("the change log in {0} is locked by another process")]
+    InUse(String),
 }
 
 impl From<LogError> for ConnectorError {
@@ -77,11 +79,17 @@ impl From<LogError> for ConnectorError {
                 ErrorKind::PositionLost,
                 "the target missed changes the log no longer holds; re-snapshot the pipeline's tables",
             ),
-            LogError::WriterInUse(_) => (ErrorKind::Config, "run one agent per data_dir"),
+            LogError::WriterInUse(_) | LogError::InUse(_) => {
+                (ErrorKind::Config, "run one agent per data_dir")
+            }
         };
         ConnectorError::new(kind, err.to_string()).with_hint(hint)
     }
 }
+
+/// How long [`ChangeLog::open`] waits for the directory's lock: long enough
+/// for the tasks of an agent stopped in this process to let go of it.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The sled trees of one source store, shared by its writer and readers.
 pub(crate) struct StoreLog {
@@ -139,14 +147,30 @@ impl std::fmt::Debug for ChangeLog {
 }
 
 impl ChangeLog {
-    /// Opens (or creates) the log in `dir`.
+    /// Opens (or creates) the log in `dir`. Blocks the thread up to
+    /// [`LOCK_WAIT`] while another handle still holds the directory's lock
+    /// (an agent in this process that is still shutting down); after that,
+    /// another agent uses `dir`: [`LogError::InUse`].
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // flushes are explicit: one per batch, before acknowledging
             .flush_every_ms(None)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+            .cache_capacity(64 * 1024 * 1024);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports its lock as an `Other` I/O error
+                Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(LogError::InUse(dir.display().to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
         Ok(Self {
             db,
             stores: Arc::default(),

@@ -479,3 +479,24 @@ async fn transactions_at_or_below_the_checkpoint_that_arrive_later_are_skipped()
         vec![(Position::Pg(Lsn(30)), vec![2])]
     );
 }
+
+/// A second handle waits for the first to close (an agent restarted in the
+/// same process while its tasks let go), and names the lock if it never does.
+#[tokio::test]
+async fn open_waits_for_the_lock_then_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ChangeLog::open(dir.path()).unwrap();
+    let path = dir.path().to_owned();
+    let second = std::thread::spawn(move || ChangeLog::open(&path).map(|_| ()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(first);
+    second.join().unwrap().unwrap();
+    let _held = ChangeLog::open(dir.path()).unwrap();
+    let err = std::thread::spawn({
+        let path = dir.path().to_owned();
+        move || ChangeLog::open(&path).err()
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(err, Some(LogError::InUse(_))), "{err:?}");
+}
