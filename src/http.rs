@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /metrics` | every metric, Prometheus text format (`text/plain; version=0.0.4`) |
 //! | `GET /healthz` | `200 ok` while the process runs |
-//! | `GET /readyz` | `200 ready` when every pipeline is streaming, else `503` with one reason per line |
+//! | `GET /readyz` | `200 ready` when every pipeline is streaming and its source store's capture is connected, else `503` with one reason per line |
 //! | `GET /status` | JSON [`StatusReport`]: per pipeline state, positions, lag, pending events, dead letters, last error |
 //! | `GET /dlq[?pipeline=P]` | JSON [`DeadLetterList`]: every pipeline's dead letters, oldest first |
 //! | `GET /dlq/{pipeline}/{id}[?offset=0&limit=100]` | JSON [`DeadLetterDetail`]: one dead letter and a page of its events (row values) |
@@ -101,6 +101,10 @@ pub struct PipelineStatus {
     /// The last error, operator-facing (what, why, how to fix); cleared
     /// when the pipeline streams again.
     pub last_error: Option<String>,
+    /// Whether the capture of the pipeline's source store is connected
+    /// (a binlog source takes its starting position when it connects).
+    #[serde(default)]
+    pub source_connected: bool,
 }
 
 /// The body of `/status`.
@@ -158,6 +162,12 @@ impl AgentStatus {
         self.update(name, |s| s.last_error = Some(error.to_owned()));
     }
 
+    /// Records whether the capture of pipeline `name`'s source store is
+    /// connected.
+    pub fn set_source_connected(&self, name: &str, connected: bool) {
+        self.update(name, |s| s.source_connected = connected);
+    }
+
     /// Sets the newest source position durably in the change log.
     pub fn set_source_position(&self, name: &str, position: &str) {
         self.update(name, |s| s.source_position = Some(position.to_owned()));
@@ -194,7 +204,8 @@ impl AgentStatus {
     }
 
     /// `Ok` when there is at least one pipeline and every pipeline is
-    /// streaming; otherwise one reason per pipeline that is not.
+    /// streaming with its source connected; otherwise one reason per
+    /// pipeline that is not.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let pipelines = self.read();
         if pipelines.is_empty() {
@@ -202,10 +213,13 @@ impl AgentStatus {
         }
         let reasons: Vec<String> = pipelines
             .iter()
-            .filter(|(_, s)| s.state != PipelineState::Streaming)
-            .map(|(name, s)| match &s.last_error {
-                Some(err) => format!("pipeline {name} is {}: {err}", s.state),
-                None => format!("pipeline {name} is {}", s.state),
+            .filter(|(_, s)| s.state != PipelineState::Streaming || !s.source_connected)
+            .map(|(name, s)| match (&s.last_error, s.state) {
+                (Some(err), _) => format!("pipeline {name} is {}: {err}", s.state),
+                (None, PipelineState::Streaming) => {
+                    format!("pipeline {name} waits for its source store to connect")
+                }
+                (None, _) => format!("pipeline {name} is {}", s.state),
             })
             .collect();
         if reasons.is_empty() {
@@ -595,6 +609,7 @@ mod tests {
 
         status.register("a");
         status.set_state("b", PipelineState::Streaming, None);
+        status.set_source_connected("b", true);
         status.set_state("c", PipelineState::Retrying, Some("connection refused"));
         let reply = get(addr, "/readyz").await;
         assert_eq!(reply.status, 503);
@@ -603,8 +618,18 @@ mod tests {
             "pipeline a is starting\npipeline c is retrying: connection refused\n"
         );
 
+        // applying, but the binlog source has not taken its position yet
         status.set_state("a", PipelineState::Streaming, None);
         status.set_state("c", PipelineState::Streaming, None);
+        status.set_source_connected("c", true);
+        let reply = get(addr, "/readyz").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.body,
+            "pipeline a waits for its source store to connect\n"
+        );
+
+        status.set_source_connected("a", true);
         let reply = get(addr, "/readyz").await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body, "ready\n");

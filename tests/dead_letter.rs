@@ -635,29 +635,7 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
         } else {
             "n".into()
         };
-        writer.begin();
-        writer
-            .append(ChangeEvent {
-                schema: schema.clone(),
-                change: RowChange::Insert {
-                    row: vec![
-                        Value::Int(id),
-                        Value::Int(id),
-                        Value::Text("new".into()),
-                        Value::Decimal("1.00".into()),
-                        Value::Text(note),
-                    ],
-                },
-            })
-            .unwrap();
-        writer
-            .commit(TransactionMeta {
-                position: Position::Pg(Lsn(id as u64 * 100)),
-                resume_position: Position::Pg(Lsn(id as u64 * 100 + 1)),
-                commit_time_micros: 0,
-                origin: None,
-            })
-            .unwrap();
+        append_order(&mut writer, &schema, id, note);
     }
     writer.flush().await.unwrap();
     common::audit::install_mysql(&db.mysql).await;
@@ -875,6 +853,12 @@ async fn target_notes(db: &Databases, target: Target) -> Vec<String> {
 
 /// One source transaction inserting order `id`, flushed.
 async fn write_order(writer: &mut LogWriter, schema: &Arc<TableSchema>, id: i64, note: String) {
+    append_order(writer, schema, id, note);
+    writer.flush().await.unwrap();
+}
+
+/// One source transaction inserting order `id`, committed, not flushed.
+fn append_order(writer: &mut LogWriter, schema: &Arc<TableSchema>, id: i64, note: String) {
     writer.begin();
     writer
         .append(ChangeEvent {
@@ -898,7 +882,6 @@ async fn write_order(writer: &mut LogWriter, schema: &Arc<TableSchema>, id: i64,
             origin: None,
         })
         .unwrap();
-    writer.flush().await.unwrap();
 }
 
 /// The operator alters the target table while the pipeline runs: `note`,

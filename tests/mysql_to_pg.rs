@@ -474,19 +474,8 @@ async fn purged_binlog_stops_the_pipeline_with_a_clear_error() {
         .await
         .unwrap()
         .unwrap();
-    let mysql_url = server.fresh_database("purge").await.unwrap();
-    let pg_url = callosum::testkit::PgServer::shared()
-        .fresh_database("purge")
-        .await
-        .unwrap();
-    let pg = common::pg_client(&pg_url).await;
-    let mysql = mysql_async::Pool::new(mysql_url.as_str());
-    let db = Databases {
-        pg_url,
-        mysql_url,
-        pg,
-        mysql,
-    };
+    let db =
+        common::fresh_databases_on(callosum::testkit::PgServer::shared(), &server, "purge").await;
     create_schemas(&db).await;
     let data_dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(&["orders"])]).await;
@@ -662,19 +651,8 @@ async fn a_gtid_sequence_going_backwards_halts_instead_of_skipping() {
         .await
         .unwrap()
         .unwrap();
-    let mysql_url = server.fresh_database("gtidback").await.unwrap();
-    let pg_url = callosum::testkit::PgServer::shared()
-        .fresh_database("gtidback")
-        .await
-        .unwrap();
-    let pg = common::pg_client(&pg_url).await;
-    let mysql = mysql_async::Pool::new(mysql_url.as_str());
-    let db = Databases {
-        pg_url,
-        mysql_url,
-        pg,
-        mysql,
-    };
+    let db = common::fresh_databases_on(callosum::testkit::PgServer::shared(), &server, "gtidback")
+        .await;
     create_schemas(&db).await;
     let data_dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&db, data_dir.path(), &[mysql_to_pg(&["orders"])]).await;

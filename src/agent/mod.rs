@@ -680,6 +680,7 @@ impl CaptureWorker {
             self.metrics.record_error(err.kind);
             for pipeline in &self.pipelines {
                 self.status.set_error(pipeline, &err.to_string());
+                self.status.set_source_connected(pipeline, false);
             }
             // what was committed before the failure is still good: make it
             // durable now (without acknowledging; the next connection does)
@@ -737,6 +738,9 @@ impl CaptureWorker {
         let logged_through = writer.last_position().map_err(ConnectorError::from)?;
         let mut source = config.connect(resume.clone(), logged_through).await?;
         info!(resume = %resume.as_ref().map_or("slot".to_string(), |p| p.to_string()), "capturing");
+        for pipeline in &self.pipelines {
+            self.status.set_source_connected(pipeline, true);
+        }
         retry.reset();
         let mut observer = StoreObserver {
             metrics: &self.metrics,
