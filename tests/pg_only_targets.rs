@@ -78,7 +78,8 @@ async fn mariadb_values_into_postgres_only_types_are_cast_by_the_server() {
     common::wait_for("the source to capture", Duration::from_secs(60), || async {
         common::mysql_exec(
             &db.mysql,
-            "INSERT INTO hosts VALUES ('10.0.0.1', 'probe') ON DUPLICATE KEY UPDATE note = 'probe'",
+            // each try must change the row, or the binlog gets no event
+            "INSERT INTO hosts VALUES ('10.0.0.1', 'probe') ON DUPLICATE KEY UPDATE note = IF(note = 'probe', 'probe again', 'probe')",
         )
         .await;
         !common::pg_rows(&db.pg, "SELECT 1 FROM hosts")
@@ -88,6 +89,7 @@ async fn mariadb_values_into_postgres_only_types_are_cast_by_the_server() {
     .await;
 
     for statement in [
+        "UPDATE hosts SET note = 'probe' WHERE addr = '10.0.0.1'",
         "INSERT INTO leads VALUES (1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
         "INSERT INTO leads VALUES (2, 'won', '2001:db8::1/64', '10.0.0.0/8', '08:00:2b:01:02:03',
              'MiXeD Çase', 7, '{1,NULL,3}', '{\"a b\",ü}', '[1,5)', '(\"Straße 5\",12345)', 'lead')",
