@@ -22,6 +22,7 @@ mod sink;
 mod source;
 mod source_check;
 mod statement;
+mod stream_event;
 mod time_zone;
 
 pub use check::{check_key_collations, check_target};
