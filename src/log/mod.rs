@@ -122,6 +122,24 @@ impl StoreLog {
         }
     }
 
+    /// The last transaction every one of `pipelines` has applied (the
+    /// minimum of their cursors); `None` when one of them has applied
+    /// nothing yet, or there are none.
+    pub(crate) fn applied_by_all(
+        &self,
+        pipelines: &[impl AsRef<str>],
+    ) -> Result<Option<u64>, LogError> {
+        let mut through: Option<u64> = None;
+        for pipeline in pipelines {
+            let Some(bytes) = self.cursors.get(self.cursor_key(pipeline.as_ref()))? else {
+                return Ok(None);
+            };
+            let applied = codec::decode::<u64>(&bytes, "cursor")?;
+            through = Some(through.map_or(applied, |t| t.min(applied)));
+        }
+        Ok(through)
+    }
+
     pub(crate) fn truncation(&self) -> Result<codec::Truncation, LogError> {
         match self.meta.get(TRUNCATION_KEY)? {
             Some(bytes) => codec::decode(&bytes, "truncation mark"),
@@ -231,15 +249,9 @@ impl ChangeLog {
     /// Returns how many transactions were removed.
     pub fn truncate_applied(&self, store: &str, pipelines: &[&str]) -> Result<u64, LogError> {
         let store = self.store(store)?;
-        let mut through: Option<u64> = None;
-        for pipeline in pipelines {
-            let applied = match store.cursors.get(store.cursor_key(pipeline))? {
-                Some(bytes) => codec::decode::<u64>(&bytes, "cursor")?,
-                None => return Ok(0),
-            };
-            through = Some(through.map_or(applied, |t: u64| t.min(applied)));
-        }
-        let Some(through) = through else { return Ok(0) };
+        let Some(through) = store.applied_by_all(pipelines)? else {
+            return Ok(0);
+        };
         truncate_through(&store, through)
     }
 

@@ -197,27 +197,8 @@ impl LogReader {
         self.next_seq = start;
         self.applied_cumulative = None;
         self.floor = checkpoint.cloned();
-        let Some(checkpoint) = checkpoint else {
-            return Ok(());
-        };
-        for entry in self.store.txns.range(seq_key(start)..) {
-            let (key, value) = entry?;
-            let txn: TxnRecord = codec::decode_txn(&value)?;
-            match txn.position.partial_cmp(checkpoint) {
-                Some(Ordering::Greater) => break,
-                Some(_) => {
-                    self.next_seq = key_seq(&key)? + 1;
-                    self.applied_cumulative = Some(txn.cumulative_events);
-                }
-                None => {
-                    return Err(LogError::IncomparablePosition {
-                        checkpoint: checkpoint.to_string(),
-                        log_position: txn.position.to_string(),
-                    })
-                }
-            }
-        }
-        Ok(())
+        let durable = *self.durable.borrow();
+        self.skip_at_or_below_floor(durable)
     }
 
     /// Waits until a durable transaction is there to read.
@@ -266,6 +247,8 @@ impl LogReader {
         Ok(out)
     }
 
+    /// Moves the cursor past the durable transactions at or below
+    /// [`Self::floor`], clearing it at the first one past it.
     fn skip_at_or_below_floor(&mut self, durable: u64) -> Result<(), LogError> {
         let Some(floor) = self.floor.clone() else {
             return Ok(());

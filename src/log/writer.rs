@@ -112,17 +112,13 @@ impl LogWriter {
     /// position, is what the source is told: a lost `data_dir` then loses
     /// nothing the source cannot send again.
     pub fn applied_by_all(&self, pipelines: &[String]) -> Result<Option<Position>, LogError> {
-        let mut applied_below: Option<u64> = None;
-        for pipeline in pipelines {
-            let below = match self.store.cursors.get(self.store.cursor_key(pipeline))? {
-                Some(bytes) => codec::decode::<u64>(&bytes, "cursor")? + 1,
-                None => 0,
-            };
-            applied_below = Some(applied_below.map_or(below, |b: u64| b.min(below)));
-        }
-        let Some(applied_below) = applied_below else {
+        if pipelines.is_empty() {
             return Ok(None);
-        };
+        }
+        let applied_below = self
+            .store
+            .applied_by_all(pipelines)?
+            .map_or(0, |through| through + 1);
         if applied_below >= self.head.next_txn_seq {
             return Ok(self.head.resume_position.clone());
         }
