@@ -107,6 +107,22 @@ pub struct PipelineStatus {
     pub source_connected: bool,
 }
 
+/// A pipeline's status as shown: applying but without a connected source
+/// is not streaming — `retrying` after a capture error, `starting` before
+/// the first connection — so a capture that keeps failing never shows as
+/// streaming.
+fn shown(s: &PipelineStatus) -> PipelineStatus {
+    let mut s = s.clone();
+    if s.state == PipelineState::Streaming && !s.source_connected {
+        s.state = if s.last_error.is_some() {
+            PipelineState::Retrying
+        } else {
+            PipelineState::Starting
+        };
+    }
+    s
+}
+
 /// The body of `/status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -193,13 +209,17 @@ impl AgentStatus {
 
     /// The status of pipeline `name`.
     pub fn get(&self, name: &str) -> Option<PipelineStatus> {
-        self.read().get(name).cloned()
+        self.read().get(name).map(shown)
     }
 
     /// A copy of every pipeline's status.
     pub fn snapshot(&self) -> StatusReport {
         StatusReport {
-            pipelines: self.read().clone(),
+            pipelines: self
+                .read()
+                .iter()
+                .map(|(name, s)| (name.clone(), shown(s)))
+                .collect(),
         }
     }
 
@@ -643,6 +663,7 @@ mod tests {
     async fn status_is_json_that_round_trips() {
         let (addr, _metrics, status, stop, server) = start().await;
         status.set_state("crm_to_erp", PipelineState::Streaming, None);
+        status.set_source_connected("crm_to_erp", true);
         status.set_source_position("crm_to_erp", "0/16B3748");
         status.set_applied_position("crm_to_erp", "0/16B3700");
         status.set_pending("crm_to_erp", 12, 0.25);
@@ -715,10 +736,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_whose_capture_fails_is_not_shown_streaming() {
+        let status = AgentStatus::new();
+        status.set_state("p", PipelineState::Streaming, None);
+        assert_eq!(status.get("p").unwrap().state, PipelineState::Starting);
+        status.set_source_connected("p", true);
+        assert_eq!(status.get("p").unwrap().state, PipelineState::Streaming);
+        status.set_error("p", "connection refused");
+        status.set_source_connected("p", false);
+        assert_eq!(status.get("p").unwrap().state, PipelineState::Retrying);
+        assert_eq!(
+            status.snapshot().pipelines["p"].state,
+            PipelineState::Retrying
+        );
+    }
+
+    #[test]
     fn format_status_prints_a_table() {
         assert_eq!(format_status(&StatusReport::default()), "no pipelines\n");
         let status = AgentStatus::new();
         status.set_state("crm_to_erp", PipelineState::Streaming, None);
+        status.set_source_connected("crm_to_erp", true);
         status.set_source_position("crm_to_erp", "0/16B3748");
         status.set_applied_position("crm_to_erp", "0/16B3700");
         status.set_pending("crm_to_erp", 12, 0.25);
