@@ -57,15 +57,29 @@ async fn every_mariadb_value_arrives_equal_or_is_refused_by_name() {
     let db = common::fresh_databases("mytypes").await;
     db.pg.batch_execute(PG_TABLE).await.unwrap();
     common::mysql_exec(&db.mysql, MYSQL_TABLE).await;
+    // a second pipeline of the same store, which must keep streaming
+    db.pg
+        .batch_execute("CREATE TABLE other (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    common::mysql_exec(&db.mysql, "CREATE TABLE other (id INT PRIMARY KEY)").await;
     let data_dir = tempfile::tempdir().unwrap();
     let listen = free_listen_addr();
-    let pipeline = TestPipeline {
-        name: PIPELINE,
-        from: "erp",
-        to: "crm",
-        tables: &["vals"],
-    };
-    let toml = common::config_toml_with(&db, data_dir.path(), &[pipeline], &listen.to_string())
+    let pipelines = [
+        TestPipeline {
+            name: PIPELINE,
+            from: "erp",
+            to: "crm",
+            tables: &["vals"],
+        },
+        TestPipeline {
+            name: "other_pipeline",
+            from: "erp",
+            to: "crm",
+            tables: &["other"],
+        },
+    ];
+    let toml = common::config_toml_with(&db, data_dir.path(), &pipelines, &listen.to_string())
         .replace("on_error = \"halt\"", "on_error = \"dead_letter\"")
         .replace(
             "\nserver_id = ",
@@ -241,6 +255,21 @@ async fn every_mariadb_value_arrives_equal_or_is_refused_by_name() {
             assert!(entry.message.contains(part), "{part}: {}", entry.message);
         }
         assert!(!entry.message.contains("abc"), "{}", entry.message);
+    }
+    // the store's other pipeline streams on, and so does this one
+    common::mysql_exec(&db.mysql, "INSERT INTO other VALUES (1)").await;
+    common::wait_for(
+        "the other pipeline's row",
+        Duration::from_secs(60),
+        || async { common::pg_rows(&db.pg, "SELECT 1 FROM other").await.len() == 1 },
+    )
+    .await;
+    for pipeline in [PIPELINE, "other_pipeline"] {
+        assert_eq!(
+            agent.status.get(pipeline).unwrap().state,
+            callosum::http::PipelineState::Streaming,
+            "{pipeline}"
+        );
     }
     agent.stop().await;
 }
