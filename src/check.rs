@@ -1,7 +1,7 @@
 //! `callosum check`: validates the config (done by loading it), connects to
 //! every store and lists every missing prerequisite with its fix.
 
-use callosum_api::{CheckProblem, ConnectorError, TableId};
+use callosum_api::{CheckAdvice, CheckProblem, ConnectorError, TableId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
@@ -9,9 +9,16 @@ use crate::agent::{sink_config, source_config, SinkConfig, SourceConfig};
 use crate::config::{Config, StoreConfig};
 
 /// Runs the check and prints the result: exit 0 when nothing is wrong, 1
-/// listing every problem otherwise.
+/// listing every problem otherwise. Advice (a risk, not a problem) is
+/// printed either way and does not change the exit code.
 pub async fn run(config: &Config) -> ExitCode {
-    let problems = problems(config).await;
+    let (problems, advice) = report(config).await;
+    if !advice.is_empty() {
+        println!("{} piece(s) of advice:\n", advice.len());
+        for advice in &advice {
+            println!("{advice}\n");
+        }
+    }
     if problems.is_empty() {
         println!(
             "ok: {} store(s) and {} pipeline(s) are ready to replicate",
@@ -29,7 +36,13 @@ pub async fn run(config: &Config) -> ExitCode {
 
 /// Every problem of every store and pipeline; never stops at the first.
 pub async fn problems(config: &Config) -> Vec<CheckProblem> {
+    report(config).await.0
+}
+
+/// Every problem and every piece of advice of every store and pipeline.
+pub async fn report(config: &Config) -> (Vec<CheckProblem>, Vec<CheckAdvice>) {
     let mut problems = Vec::new();
+    let mut advice = Vec::new();
     let mut tables_by_store: BTreeMap<&str, BTreeSet<TableId>> = BTreeMap::new();
     for pipeline in &config.pipelines {
         tables_by_store
@@ -48,6 +61,9 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
                 match callosum_postgres::check(&source).await {
                     Ok(found) => problems.extend(found),
                     Err(err) => problems.push(unreachable_store(store, store_config, &err)),
+                }
+                if let Ok(found) = callosum_postgres::advice(&source).await {
+                    advice.extend(found);
                 }
                 if let Ok(columns) =
                     postgres_columns(&source.url, source.password.as_deref(), &tables).await
@@ -122,7 +138,7 @@ pub async fn problems(config: &Config) -> Vec<CheckProblem> {
     // one problem per unreachable store is enough
     let mut seen = BTreeSet::new();
     problems.retain(|p| seen.insert((p.store.clone(), p.problem.clone())));
-    problems
+    (problems, advice)
 }
 
 fn unreachable_store(name: &str, store: &StoreConfig, err: &ConnectorError) -> CheckProblem {

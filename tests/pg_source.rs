@@ -845,6 +845,26 @@ async fn wal_level_replica_is_reported_by_check_and_connect() {
         p.fix.contains("ALTER SYSTEM SET wal_level = logical"),
         "{p}"
     );
+    // a server of its own: its WAL retention may be changed here
+    let advice = callosum_postgres::advice(&cfg).await.unwrap();
+    assert!(
+        advice
+            .iter()
+            .any(|a| a.risk.contains("max_slot_wal_keep_size is unlimited")),
+        "{advice:?}"
+    );
+    for statement in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.client.batch_execute(statement).await.unwrap();
+    }
+    common::wait_for(
+        "the capped WAL retention to be seen",
+        Duration::from_secs(10),
+        || async { callosum_postgres::advice(&cfg).await.unwrap().is_empty() },
+    )
+    .await;
     let err = PgSource::connect(cfg, None).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::ServerConfig, "{err}");
     assert!(err.to_string().contains("wal_level"), "{err}");

@@ -288,6 +288,28 @@ impl fmt::Display for CheckProblem {
     }
 }
 
+/// A risk that `callosum check` points out without failing: the set-up
+/// works today, and this is what would make it fail later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckAdvice {
+    /// The store (config name) the advice is about.
+    pub store: String,
+    /// What could go wrong, e.g. `max_slot_wal_keep_size is unlimited`.
+    pub risk: String,
+    /// What the operator can do about it.
+    pub advice: String,
+}
+
+impl fmt::Display for CheckAdvice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] {}\n    advice: {}",
+            self.store, self.risk, self.advice
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use callosum_api::{CheckProblem, ConnectorError, ErrorKind, TableId};
+use callosum_api::{CheckAdvice, CheckProblem, ConnectorError, ErrorKind, TableId};
 use tracing::Instrument;
 
 use crate::error::from_replication;
@@ -30,6 +30,50 @@ pub async fn check(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Connect
 /// A connection that failed for a reason the operator fixes in the config
 /// or the server's grants (authentication, url), as a problem and its fix;
 /// any other failure stays an error: the check cannot run.
+/// What `callosum check` recommends for a PostgreSQL source store that
+/// works today: with `acknowledge = "applied"` (the default) the slot keeps
+/// WAL on the server until every target has applied it, so a long target
+/// outage grows `pg_wal` without bound unless `max_slot_wal_keep_size`
+/// caps it. Empty when the store cannot be reached ([`check()`] reports that).
+pub async fn advice(config: &PgSourceConfig) -> Result<Vec<CheckAdvice>, ConnectorError> {
+    let store = config.store.as_str();
+    let pg_config = config.pg_config()?;
+    let Ok((sql, task)) = sql_connect(store, &pg_config).await else {
+        return Ok(Vec::new());
+    };
+    let keep_size = sql
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map_err(|e| crate::error::from_sql(store, "check", e));
+    task.abort();
+    Ok(
+        slot_retention_advice(config, &keep_size?.get::<_, String>(0))
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// The advice for the server's `max_slot_wal_keep_size` setting (`-1` is
+/// unlimited).
+fn slot_retention_advice(config: &PgSourceConfig, keep_size: &str) -> Option<CheckAdvice> {
+    if keep_size.trim() != "-1" {
+        return None;
+    }
+    let held_until = if config.confirmed_means_applied {
+        "every target has applied them (acknowledge = \"applied\")"
+    } else {
+        "the agent's change log holds them (acknowledge = \"logged\")"
+    };
+    Some(CheckAdvice {
+        store: config.store.clone(),
+        risk: format!(
+            "max_slot_wal_keep_size is unlimited: slot `{}` keeps WAL on this server until {held_until}, so an outage can fill the disk of pg_wal",
+            config.slot
+        ),
+        advice: "cap it below the free space of pg_wal's disk, e.g. `ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'` and `SELECT pg_reload_conf()`, and alert on callosum_source_lag_bytes; a slot that passes the cap is invalidated and its pipelines halt with position_lost (re-snapshot them) instead of the database stopping".into(),
+    })
+}
+
 pub(crate) fn connect_problem(err: ConnectorError) -> Result<(String, String), ConnectorError> {
     if !matches!(err.kind, ErrorKind::Permission | ErrorKind::Config) {
         return Err(err);
@@ -297,4 +341,43 @@ async fn check_inner(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Conne
         }
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(confirmed_means_applied: bool) -> PgSourceConfig {
+        PgSourceConfig {
+            store: "crm".into(),
+            url: "postgres://localhost/crm".into(),
+            password: None,
+            slot: "callosum_crm".into(),
+            publication: "callosum_crm".into(),
+            tables: Vec::new(),
+            echo_origins: Default::default(),
+            confirmed_means_applied,
+        }
+    }
+
+    #[test]
+    fn unlimited_slot_retention_is_advised_against_with_the_acknowledge_rule_named() {
+        let advice = slot_retention_advice(&config(true), "-1").unwrap();
+        assert_eq!(advice.store, "crm");
+        assert!(advice.risk.contains("callosum_crm"), "{}", advice.risk);
+        assert!(advice.risk.contains("\"applied\""), "{}", advice.risk);
+        assert!(
+            advice.advice.contains("max_slot_wal_keep_size"),
+            "{}",
+            advice.advice
+        );
+        let logged = slot_retention_advice(&config(false), "-1").unwrap();
+        assert!(logged.risk.contains("\"logged\""), "{}", logged.risk);
+    }
+
+    #[test]
+    fn a_capped_slot_retention_needs_no_advice() {
+        assert_eq!(slot_retention_advice(&config(true), "50GB"), None);
+        assert_eq!(slot_retention_advice(&config(true), "1024MB"), None);
+    }
 }

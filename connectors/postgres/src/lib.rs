@@ -26,7 +26,7 @@ pub mod source;
 mod stream;
 pub mod text_value;
 
-pub use check::check;
+pub use check::{advice, check};
 pub use error::classify;
 pub use sink::{ensure_checkpoint_table, PgSink, PgSinkConfig, UpsertStrategy};
 pub use sink_check::check_target;
