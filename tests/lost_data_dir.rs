@@ -87,6 +87,16 @@ async fn insert_mysql(db: &Databases, first: i64) {
     }
 }
 
+/// What the source loses along with the agent's `data_dir`.
+#[derive(Clone, Copy, PartialEq)]
+enum SourceLoses {
+    Nothing,
+    /// The PostgreSQL slot is dropped.
+    Slot,
+    /// The MariaDB binlog files holding the rows are purged.
+    Binlog,
+}
+
 /// Which way the scenario runs.
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
@@ -104,7 +114,7 @@ async fn lose_data_dir_while_target_blocked(
     dir: &Path,
     direction: Direction,
     acknowledge: Option<&str>,
-    drop_slot: bool,
+    source_loses: SourceLoses,
 ) -> (Child, SocketAddr, std::path::PathBuf) {
     let listen = free_listen();
     let data_dir = dir.join("data");
@@ -199,7 +209,10 @@ async fn lose_data_dir_while_target_blocked(
         Some(9)
     );
     std::fs::remove_dir_all(&data_dir).unwrap();
-    if drop_slot {
+    if source_loses == SourceLoses::Binlog {
+        purge_binlogs(db).await;
+    }
+    if source_loses == SourceLoses::Slot {
         // the killed agent's walsender may hold the slot for a moment
         let slot = common::slot_name(db);
         common::wait_for(
@@ -226,6 +239,24 @@ async fn lose_data_dir_while_target_blocked(
     (spawn_agent(&config, &agent_log), listen_again, agent_log)
 }
 
+/// Rotates the binlog and purges every file but the newest. PURGE silently
+/// keeps files a lingering dump thread still reads (the killed agent's):
+/// retried until only the newest is left.
+async fn purge_binlogs(db: &Databases) {
+    common::mysql_exec(&db.mysql, "FLUSH BINARY LOGS").await;
+    common::wait_for(
+        "the old binlogs to be purged",
+        Duration::from_secs(60),
+        || async {
+            let logs = common::mysql_rows(&db.mysql, "SHOW BINARY LOGS").await;
+            let newest = logs.last().unwrap()[0].clone().unwrap();
+            common::mysql_exec(&db.mysql, &format!("PURGE BINARY LOGS TO '{newest}'")).await;
+            logs.len() == 1
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_to_mysql_loses_nothing_with_the_data_dir() {
     let _serial = SERIAL.lock().await;
@@ -233,9 +264,14 @@ async fn pg_to_mysql_loses_nothing_with_the_data_dir() {
     create_plain_orders(&db).await;
     common::audit::install_mysql(&db.mysql).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut agent, _, agent_log) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, None, false)
-            .await;
+    let (mut agent, _, agent_log) = lose_data_dir_while_target_blocked(
+        &db,
+        dir.path(),
+        Direction::PgToMysql,
+        None,
+        SourceLoses::Nothing,
+    )
+    .await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
     common::audit::assert_strictly_increasing(
         &common::audit::mysql_positions(&db.mysql).await,
@@ -252,9 +288,14 @@ async fn mysql_to_pg_loses_nothing_with_the_data_dir() {
     create_plain_orders(&db).await;
     common::audit::install_pg(&db.pg).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut agent, _, agent_log) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::MysqlToPg, None, false)
-            .await;
+    let (mut agent, _, agent_log) = lose_data_dir_while_target_blocked(
+        &db,
+        dir.path(),
+        Direction::MysqlToPg,
+        None,
+        SourceLoses::Nothing,
+    )
+    .await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(120)).await;
     common::audit::assert_strictly_increasing(
         &common::audit::pg_positions(&db.pg).await,
@@ -278,7 +319,7 @@ async fn a_gap_after_a_lost_logged_data_dir_halts_by_name() {
         dir.path(),
         Direction::PgToMysql,
         Some("logged"),
-        false,
+        SourceLoses::Nothing,
     )
     .await;
     common::wait_for(
@@ -318,8 +359,14 @@ async fn a_dropped_slot_with_a_lost_data_dir_halts_by_name() {
     let db = common::fresh_databases("lost_dir_slot").await;
     create_plain_orders(&db).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut agent, listen, _) =
-        lose_data_dir_while_target_blocked(&db, dir.path(), Direction::PgToMysql, None, true).await;
+    let (mut agent, listen, _) = lose_data_dir_while_target_blocked(
+        &db,
+        dir.path(),
+        Direction::PgToMysql,
+        None,
+        SourceLoses::Slot,
+    )
+    .await;
     common::wait_for(
         "the pipeline to halt on the dropped slot",
         Duration::from_secs(60),
@@ -338,6 +385,54 @@ async fn a_dropped_slot_with_a_lost_data_dir_halts_by_name() {
         .await
         .unwrap();
     assert!(slots.is_empty(), "no new slot is created over the gap");
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+}
+
+/// The binlog that held the rows the target had not applied is purged while
+/// the agent is down with its `data_dir` lost: nothing can provide them, so
+/// the pipeline halts with `PositionLost`, says the position is gone and
+/// what to do, and applies nothing past the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_binlog_with_a_lost_data_dir_halts_by_name() {
+    let _serial = SERIAL.lock().await;
+    let db = common::fresh_databases("lost_dir_purged").await;
+    create_plain_orders(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, listen, agent_log) = lose_data_dir_while_target_blocked(
+        &db,
+        dir.path(),
+        Direction::MysqlToPg,
+        None,
+        SourceLoses::Binlog,
+    )
+    .await;
+    common::wait_for(
+        "the pipeline to halt on the purged binlog",
+        Duration::from_secs(60),
+        || async {
+            let status = http_get(listen, "/status").await;
+            status.contains("halted") && status.contains("purged")
+        },
+    )
+    .await;
+    let status = http_get(listen, "/status").await;
+    assert!(status.contains("snapshot"), "says what to do: {status}");
+    let metrics = http_get(listen, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("callosum_errors_total") && l.contains("position_lost")),
+        "agent log: {}",
+        agent_log.display()
+    );
+    let rows: i64 = db
+        .pg
+        .query_one("SELECT COUNT(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "nothing after the gap is applied");
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
 }
