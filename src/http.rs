@@ -65,6 +65,15 @@ pub enum PipelineState {
 }
 
 impl PipelineState {
+    /// Every state, for the `callosum_pipeline_state` series.
+    pub const ALL: [PipelineState; 5] = [
+        PipelineState::Starting,
+        PipelineState::Streaming,
+        PipelineState::Retrying,
+        PipelineState::Halted,
+        PipelineState::Stopped,
+    ];
+
     /// The lowercase name used in JSON and messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -503,6 +512,15 @@ pub fn format_status(report: &StatusReport) -> String {
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 async fn get_metrics(State(state): State<AppState>) -> Response {
+    let report = state.status.snapshot();
+    let all_states = PipelineState::ALL.map(PipelineState::as_str);
+    state.metrics.set_pipeline_states(
+        report
+            .pipelines
+            .iter()
+            .map(|(name, s)| (name.as_str(), s.state.as_str())),
+        &all_states,
+    );
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         state.metrics.encode(),
@@ -616,6 +634,33 @@ mod tests {
         );
 
         assert_eq!(get(addr, "/nope").await.status, 404);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn metrics_show_each_pipeline_state_as_status_does() {
+        let (addr, _metrics, status, stop, server) = start().await;
+        status.set_state("a", PipelineState::Streaming, None);
+        status.set_source_connected("a", true);
+        status.set_state("b", PipelineState::Halted, Some("duplicate key"));
+        // applying, but its source is not connected: shown as starting
+        status.set_state("c", PipelineState::Streaming, None);
+        let body = get(addr, "/metrics").await.body;
+        let value = |pipeline: &str, state: &str| {
+            let prefix =
+                format!("callosum_pipeline_state{{pipeline=\"{pipeline}\",state=\"{state}\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no series {prefix} in\n{body}"))
+                .to_owned()
+        };
+        assert_eq!(value("a", "streaming"), "1");
+        assert_eq!(value("a", "halted"), "0");
+        assert_eq!(value("b", "halted"), "1");
+        assert_eq!(value("b", "streaming"), "0");
+        assert_eq!(value("c", "starting"), "1");
+        assert_eq!(value("c", "streaming"), "0");
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
     }
@@ -773,13 +818,7 @@ erp_to_crm  halted     -                -                 0.000s  0        0
 
     #[test]
     fn states_serialize_lowercase() {
-        for state in [
-            PipelineState::Starting,
-            PipelineState::Streaming,
-            PipelineState::Retrying,
-            PipelineState::Halted,
-            PipelineState::Stopped,
-        ] {
+        for state in PipelineState::ALL {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{state}\""));
             assert_eq!(serde_json::from_str::<PipelineState>(&json).unwrap(), state);

@@ -30,6 +30,8 @@ pub const LABEL_STORE: &str = "store";
 pub const LABEL_COMPONENT: &str = "component";
 /// Label of an error's kind, [`ErrorKind::label`].
 pub const LABEL_KIND: &str = "kind";
+/// Label of [`PIPELINE_STATE`]: a pipeline state's lowercase name.
+pub const LABEL_STATE: &str = "state";
 
 /// Counter `{store}`: row changes captured from the store and durably
 /// appended to its change log.
@@ -58,6 +60,8 @@ pub const SOURCE_LAG_BYTES: &str = "callosum_source_lag_bytes";
 pub const ERRORS_TOTAL: &str = "callosum_errors_total";
 /// Counter `{component}`: retries after a transient error.
 pub const RETRIES_TOTAL: &str = "callosum_retries_total";
+/// `pipeline`, `state`: 1 for the state `/status` shows, 0 for the others.
+pub const PIPELINE_STATE: &str = "callosum_pipeline_state";
 
 /// Buckets of [`APPLY_BATCH_DURATION_SECONDS`]: 1 ms to 10 s.
 pub const APPLY_BATCH_BUCKETS: &[f64] = &[
@@ -86,6 +90,7 @@ pub struct Metrics {
     pub source_lag_bytes: IntGaugeVec,
     pub errors_total: IntCounterVec,
     pub retries_total: IntCounterVec,
+    pub pipeline_state: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -218,6 +223,12 @@ impl Metrics {
                 "Retries after a transient error, by component (pipeline or store name).",
                 &[LABEL_COMPONENT],
             ),
+            pipeline_state: int_gauge(
+                &r,
+                PIPELINE_STATE,
+                "1 for the pipeline's current state as /status shows it (starting, streaming, retrying, halted, stopped), 0 for the others.",
+                &[LABEL_PIPELINE, LABEL_STATE],
+            ),
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -228,6 +239,23 @@ impl Metrics {
             ))
             .expect("process collector registered once");
         metrics
+    }
+
+    /// Sets [`PIPELINE_STATE`]: for each `(pipeline, state)`, 1 for `state`
+    /// and 0 for every other of `all_states`, so that each pipeline has one
+    /// series per state and an alert can match `state="halted"`.
+    pub fn set_pipeline_states<'a>(
+        &self,
+        pipelines: impl IntoIterator<Item = (&'a str, &'a str)>,
+        all_states: &[&str],
+    ) {
+        for (pipeline, current) in pipelines {
+            for state in all_states {
+                self.pipeline_state
+                    .with_label_values(&[pipeline, state])
+                    .set(i64::from(*state == current));
+            }
+        }
     }
 
     /// The registry holding every metric, to register more collectors.
