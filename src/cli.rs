@@ -213,8 +213,13 @@ fn init_tracing(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("CALLOSUM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // colours only for a person at a terminal: a log file or journald gets
+    // plain text (and NO_COLOR turns them off anywhere)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
     crate::panics::install_hook();

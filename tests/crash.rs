@@ -208,5 +208,9 @@ async fn a_panicking_worker_halts_its_pipeline_visibly() {
             !log.contains("secret-"),
             "row values in the agent log: {log}"
         );
+        assert!(
+            !log.contains('\x1b'),
+            "colour codes in a log written to a file: {log:?}"
+        );
     }
 }
