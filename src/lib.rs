@@ -14,6 +14,7 @@ pub mod log;
 pub mod metrics;
 pub mod panics;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod testkit;
 pub mod text_table;

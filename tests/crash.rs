@@ -89,6 +89,37 @@ async fn sigkill_mid_stream_neither_loses_nor_repeats_a_transaction() {
     let _ = agent.wait().await;
 }
 
+/// Messages the agent sends to the service manager's notify socket.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().extend(text.lines().map(str::to_owned));
+            }
+        });
+        NotifySocket { path, received }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// SIGTERM stops the agent gracefully with exit code 0, and under systemd
+/// (`Type=notify`, `deploy/systemd/callosum.service`) the service manager
+/// hears READY=1 only once the pipeline streams, a status line, watchdog
+/// pings, and STOPPING=1 on the way out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_with_exit_zero() {
     let db = common::fresh_databases("sigterm").await;
@@ -96,10 +127,33 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_pg_to_mysql_config(&db, dir.path(), &["public.orders"]);
     let agent_log = dir.path().join("agent.log");
-    let mut agent = spawn_agent(&config, &agent_log);
+    let notify = NotifySocket::bind(dir.path());
+    let mut agent = agent_process::spawn_agent(
+        &config,
+        &agent_log,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
     common::wait_for_slot(&db).await;
     write_orders(db.pg_url.clone(), 50).await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
+    common::wait_for("READY=1", Duration::from_secs(30), || async {
+        notify.lines().iter().any(|l| l == "READY=1")
+    })
+    .await;
+    let lines = notify.lines();
+    let ready = lines.iter().position(|l| l == "READY=1").unwrap();
+    assert_eq!(
+        lines.get(ready + 1).map(String::as_str),
+        Some("STATUS=1 of 1 pipelines streaming"),
+        "ready only once the pipeline streams: {lines:?}"
+    );
+    common::wait_for("watchdog pings", Duration::from_secs(10), || async {
+        notify.lines().iter().filter(|l| *l == "WATCHDOG=1").count() >= 3
+    })
+    .await;
     let pid = agent.id().unwrap() as i32;
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -115,6 +169,11 @@ async fn sigterm_stops_gracefully_with_exit_zero() {
         Some(0),
         "agent log: {}",
         std::fs::read_to_string(&agent_log).unwrap()
+    );
+    assert!(
+        notify.lines().iter().any(|l| l == "STOPPING=1"),
+        "{:?}",
+        notify.lines()
     );
 }
 

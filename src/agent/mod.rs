@@ -66,7 +66,10 @@ impl std::fmt::Debug for Agent {
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     let agent = Agent::start(config).await?;
     info!(listen = %agent.http_addr, "callosum running");
+    let notifier = crate::service::spawn_notifier(agent.status.clone());
     wait_for_signal().await;
+    notifier.abort();
+    crate::service::stopping();
     info!("stopping: finishing batches, flushing the log, acknowledging");
     if tokio::time::timeout(STOP_TIMEOUT, agent.stop())
         .await
