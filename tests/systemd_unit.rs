@@ -20,8 +20,8 @@ fn unit_text() -> String {
 /// The value of `key=` in the unit (the last one, as systemd reads it).
 fn setting(unit: &str, key: &str) -> Option<String> {
     unit.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .map(str::to_owned)
 }
 
