@@ -276,8 +276,19 @@ impl Metrics {
             apply_batch_duration: self.apply_batch_duration_seconds.with_label_values(labels),
             end_to_end_latency: self.end_to_end_latency_seconds.with_label_values(labels),
             retries: self.retries_total.with_label_values(labels),
-            errors: self.errors_total.clone(),
+            errors: self.errors_for(name),
         }
+    }
+
+    /// `callosum_errors_total` with a zero series of every kind for
+    /// `component`, so that the first error is an increase and not a new
+    /// series that `rate()` and `increase()` would miss.
+    fn errors_for(&self, component: &str) -> IntCounterVec {
+        for kind in ErrorKind::ALL {
+            self.errors_total
+                .with_label_values(&[component, kind.label()]);
+        }
+        self.errors_total.clone()
     }
 
     /// The handles of store `name`; creates its series at zero.
@@ -288,7 +299,7 @@ impl Metrics {
             source_events: self.source_events_total.with_label_values(labels),
             source_lag_bytes: self.source_lag_bytes.with_label_values(labels),
             retries: self.retries_total.with_label_values(labels),
-            errors: self.errors_total.clone(),
+            errors: self.errors_for(name),
         }
     }
 
@@ -415,6 +426,7 @@ mod tests {
         SOURCE_LAG_BYTES,
         ERRORS_TOTAL,
         RETRIES_TOTAL,
+        PIPELINE_STATE,
     ];
 
     #[test]
@@ -446,6 +458,7 @@ mod tests {
         pipeline.apply_batch_duration.observe(0.02);
         pipeline.record_error(ErrorKind::Constraint);
         metrics.record_error("crm_to_erp", ErrorKind::Constraint);
+        metrics.set_pipeline_states([("crm_to_erp", "streaming")], &["streaming", "halted"]);
 
         let text = metrics.encode();
         for name in ALL {
@@ -485,6 +498,13 @@ mod tests {
             text.contains("callosum_applied_events_total{pipeline=\"p1\"} 0"),
             "{text}"
         );
+        for kind in ErrorKind::ALL {
+            let line = format!(
+                "callosum_errors_total{{component=\"p1\",kind=\"{}\"}} 0",
+                kind.label()
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
         assert!(
             text.contains("callosum_retries_total{component=\"p1\"} 0"),
             "{text}"

@@ -47,6 +47,25 @@ pub enum ErrorClass {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (the metrics create a zero series
+    /// of `callosum_errors_total` for each, so the first error of a kind is
+    /// an increase, not a new series).
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Connection,
+        ErrorKind::ServerUnavailable,
+        ErrorKind::Contention,
+        ErrorKind::LogStorage,
+        ErrorKind::Conversion,
+        ErrorKind::Constraint,
+        ErrorKind::Schema,
+        ErrorKind::Permission,
+        ErrorKind::ServerConfig,
+        ErrorKind::PositionLost,
+        ErrorKind::Protocol,
+        ErrorKind::Config,
+        ErrorKind::Internal,
+    ];
+
     pub fn class(self) -> ErrorClass {
         match self {
             ErrorKind::Connection | ErrorKind::ServerUnavailable | ErrorKind::Contention => {
@@ -166,6 +185,41 @@ mod tests {
         assert!(ConnectorError::new(ErrorKind::Contention, "x").is_transient());
         assert!(!ConnectorError::new(ErrorKind::Constraint, "x").is_transient());
         assert!(!ConnectorError::new(ErrorKind::LogStorage, "x").is_transient());
+    }
+
+    #[test]
+    fn all_lists_every_kind_once_in_declaration_order() {
+        // a new kind fails to compile here until it has a place, and the
+        // assertions fail until ALL has it at that place
+        fn place(kind: ErrorKind) -> usize {
+            match kind {
+                ErrorKind::Connection => 0,
+                ErrorKind::ServerUnavailable => 1,
+                ErrorKind::Contention => 2,
+                ErrorKind::LogStorage => 3,
+                ErrorKind::Conversion => 4,
+                ErrorKind::Constraint => 5,
+                ErrorKind::Schema => 6,
+                ErrorKind::Permission => 7,
+                ErrorKind::ServerConfig => 8,
+                ErrorKind::PositionLost => 9,
+                ErrorKind::Protocol => 10,
+                ErrorKind::Config => 11,
+                ErrorKind::Internal => 12,
+            }
+        }
+        const LAST: ErrorKind = ErrorKind::Internal;
+        assert_eq!(
+            ErrorKind::ALL.len(),
+            place(LAST) + 1,
+            "the last place is the last kind"
+        );
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(place(*kind), i, "{kind:?}");
+        }
+        let labels: std::collections::BTreeSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(labels.len(), ErrorKind::ALL.len());
     }
 
     #[test]
