@@ -498,9 +498,12 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
     }
 
     /// Stores the source transaction in the dead-letter queue (durably),
-    /// then moves the target's checkpoint past it in a target transaction of
-    /// its own. A crash in between re-queues it idempotently on restart:
-    /// the queue holds back its rows, so it is queued behind itself.
+    /// then, in a target transaction of its own, moves the target's
+    /// checkpoint past it and stores it in the target's dead-letter table
+    /// ([`crate::dead_letter::target`]). A crash in between leaves it in the
+    /// queue only: on restart the queue is reconciled with the target (it
+    /// is removed) and the transaction, still above the checkpoint, comes
+    /// again.
     async fn dead_letter(
         &mut self,
         seq: u64,
@@ -518,11 +521,16 @@ impl<K: Sink, O: ApplyObserver> Applier<'_, K, O> {
             error = %entry.reason.message,
             "source transaction dead-lettered"
         );
-        // the checkpoint alone: nothing of it is applied
-        let only_checkpoint = self
-            .run_target_transaction(&[(seq, txn.clone())], &[])
-            .await;
-        if let Err(Failure::Rejected(err) | Failure::Failed(err)) = only_checkpoint {
+        crate::panics::failpoint("dead_letter_stored");
+        // the checkpoint and the dead letter: nothing of it is applied
+        let stored = async {
+            self.sink.begin(&txn.position).await?;
+            crate::dead_letter::target::store(&mut *self.sink, self.dead_letters.stored(), &entry)
+                .await?;
+            self.sink.commit().await
+        }
+        .await;
+        if let Err(err) = stored {
             // best effort: the connection may be gone, and then so is the transaction
             let _ = self.sink.rollback().await;
             return Err(err);

@@ -1157,3 +1157,417 @@ async fn a_source_column_the_target_lacks_is_dead_lettered_by_name_and_replayed_
         vec![vec![Some("5".to_string())]]
     );
 }
+
+/// Which way a lost-`data_dir` scenario runs, and how its target refuses
+/// the poison row until the operator fixes it.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum LostDir {
+    /// A note longer than MariaDB's VARCHAR(200).
+    PgToMysql,
+    /// A negative amount against a CHECK constraint of the PostgreSQL target.
+    MysqlToPg,
+}
+
+impl LostDir {
+    fn pipeline(self) -> &'static str {
+        match self {
+            LostDir::PgToMysql => "pg_to_mysql",
+            LostDir::MysqlToPg => "mysql_to_pg",
+        }
+    }
+
+    /// Runs `sql` in the source store.
+    async fn source(self, db: &Databases, sql: &str) {
+        match self {
+            LostDir::PgToMysql => db.pg.batch_execute(sql).await.unwrap(),
+            LostDir::MysqlToPg => common::mysql_exec(&db.mysql, sql).await,
+        }
+    }
+
+    /// A transaction of a poison row `id` and a good row `id + 1`.
+    fn poison(self, id: i64) -> String {
+        let good = id + 1;
+        match self {
+            LostDir::PgToMysql => format!(
+                "BEGIN; INSERT INTO orders VALUES ({id}, 1, 'poison', 1.00, repeat('x', 300)); \
+                 INSERT INTO orders VALUES ({good}, 1, 'new', 1.00, 'n'); COMMIT"
+            ),
+            LostDir::MysqlToPg => format!(
+                "BEGIN; INSERT INTO orders VALUES ({id}, 1, 'poison', -5.00, 'n'), ({good}, 1, 'new', 1.00, 'n'); COMMIT"
+            ),
+        }
+    }
+
+    async fn target_ids(self, db: &Databases) -> Vec<i64> {
+        match self {
+            LostDir::PgToMysql => mysql_ids(db)
+                .await
+                .iter()
+                .map(|id| id.parse().unwrap())
+                .collect(),
+            LostDir::MysqlToPg => db
+                .pg
+                .query("SELECT id FROM orders ORDER BY id", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        }
+    }
+
+    /// Every checkpoint the target's row of `pipeline` held, in order.
+    async fn audited(self, db: &Databases, pipeline: &str) -> Vec<String> {
+        match self {
+            LostDir::PgToMysql => common::mysql_rows(
+                &db.mysql,
+                &format!("SELECT source_position FROM checkpoint_audit WHERE pipeline = '{pipeline}' ORDER BY seq"),
+            )
+            .await
+            .into_iter()
+            .map(|row| row[0].clone().unwrap())
+            .collect(),
+            LostDir::MysqlToPg => db
+                .pg
+                .query(
+                    "SELECT source_position FROM checkpoint_audit WHERE pipeline = $1 ORDER BY seq",
+                    &[&pipeline],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        }
+    }
+
+    /// Rows the target's dead-letter table holds for the pipeline.
+    async fn target_dead_letter_rows(self, db: &Databases) -> i64 {
+        let pipeline = self.pipeline();
+        match self {
+            LostDir::PgToMysql => common::mysql_rows(
+                &db.mysql,
+                &format!("SELECT COUNT(*) FROM callosum_dead_letter WHERE pipeline = '{pipeline}'"),
+            )
+            .await[0][0]
+                .as_deref()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            LostDir::MysqlToPg => db
+                .pg
+                .query_one(
+                    "SELECT COUNT(*) FROM callosum_dead_letter WHERE pipeline = $1",
+                    &[&pipeline],
+                )
+                .await
+                .unwrap()
+                .get(0),
+        }
+    }
+}
+
+/// A checkpoint audit that records the pipeline too (a replay writes a row
+/// of its own): every write of a checkpoint row, in target commit order.
+async fn install_audit(db: &Databases, direction: LostDir) {
+    match direction {
+        LostDir::PgToMysql => common::audit::install_mysql(&db.mysql).await,
+        LostDir::MysqlToPg => db
+            .pg
+            .batch_execute(
+                "CREATE TABLE callosum_checkpoint (pipeline text PRIMARY KEY, source_position text NOT NULL, applied_at timestamptz NOT NULL, transactions bigint NOT NULL DEFAULT 0);
+                 CREATE TABLE checkpoint_audit (seq bigserial PRIMARY KEY, pipeline text, source_position text);
+                 CREATE FUNCTION audit_checkpoint() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN INSERT INTO checkpoint_audit (pipeline, source_position) VALUES (NEW.pipeline, NEW.source_position); RETURN NEW; END $$;
+                 CREATE TRIGGER audit AFTER INSERT OR UPDATE ON callosum_checkpoint FOR EACH ROW EXECUTE FUNCTION audit_checkpoint();
+                 ALTER TABLE callosum_checkpoint ENABLE ALWAYS TRIGGER audit;",
+            )
+            .await
+            .unwrap(),
+    }
+}
+
+/// The agent binary on one pipeline in `direction` with `dead_letter`.
+struct LostDirAgent {
+    direction: LostDir,
+    work: tempfile::TempDir,
+    toml: String,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    listen: SocketAddr,
+    agent: tokio::process::Child,
+}
+
+impl LostDirAgent {
+    fn start(db: &Databases, direction: LostDir) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let listen = free_listen_addr();
+        let pipeline = match direction {
+            LostDir::PgToMysql => common::TestPipeline {
+                name: "pg_to_mysql",
+                from: "crm",
+                to: "erp",
+                tables: &["public.orders"],
+            },
+            LostDir::MysqlToPg => common::TestPipeline {
+                name: "mysql_to_pg",
+                from: "erp",
+                to: "crm",
+                tables: &["orders"],
+            },
+        };
+        let toml = common::config_toml_with(
+            db,
+            &work.path().join("data"),
+            &[pipeline],
+            &listen.to_string(),
+        )
+        .replace("on_error = \"halt\"", "on_error = \"dead_letter\"");
+        let config = write_config(work.path(), &toml);
+        let log = work.path().join("agent.log");
+        let agent = spawn_agent(&config, &log, &[("CALLOSUM_LOG", "info")]);
+        Self {
+            direction,
+            work,
+            toml,
+            config,
+            log,
+            listen,
+            agent,
+        }
+    }
+
+    /// SIGKILLs the agent, deletes its `data_dir` and starts it again on a
+    /// new HTTP port.
+    async fn lose_data_dir(&mut self) {
+        kill(&mut self.agent).await;
+        std::fs::remove_dir_all(self.work.path().join("data")).unwrap();
+        let listen = free_listen_addr();
+        self.toml = self
+            .toml
+            .replace(&self.listen.to_string(), &listen.to_string());
+        self.listen = listen;
+        self.config = write_config(self.work.path(), &self.toml);
+        self.agent = spawn_agent(&self.config, &self.log, &[("CALLOSUM_LOG", "info")]);
+    }
+
+    async fn queued(&self) -> Vec<u64> {
+        queued_ids_of(self.listen, self.direction.pipeline()).await
+    }
+
+    /// Writes `sql` into the source until row `id` is in the target: a
+    /// binlog source starts at the server's position when it connects.
+    async fn write_until_applied(&self, db: &Databases, sql: &str, id: i64) {
+        let direction = self.direction;
+        common::wait_for("a row to be applied", Duration::from_secs(60), || async {
+            direction.source(db, sql).await;
+            direction.target_ids(db).await.contains(&id)
+        })
+        .await;
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Issue 14: dead letters survive a lost `data_dir`. The target's
+/// `callosum_dead_letter` holds them, written in the target transaction
+/// that moves the checkpoint past them: after a SIGKILL and a deleted
+/// `data_dir` the dead letter is still listed (by `/dlq` and `callosum dlq
+/// list`), still holds its rows back, replays once after the fix (the
+/// checkpoint audits of the pipeline and of its replay only go up), a
+/// second replay does nothing, and a discard after such a restart is for
+/// good.
+async fn dead_letters_survive_a_lost_data_dir(direction: LostDir) {
+    let prefix = match direction {
+        LostDir::PgToMysql => "dlq_lost_pg",
+        LostDir::MysqlToPg => "dlq_lost_my",
+    };
+    let db = databases(prefix).await;
+    install_audit(&db, direction).await;
+    if direction == LostDir::MysqlToPg {
+        db.pg
+            .batch_execute(
+                "ALTER TABLE orders ADD CONSTRAINT amount_not_negative CHECK (amount >= 0)",
+            )
+            .await
+            .unwrap();
+    }
+    let pipeline = direction.pipeline();
+    let mut agent = LostDirAgent::start(&db, direction);
+    if direction == LostDir::PgToMysql {
+        common::wait_for_slot(&db).await;
+    }
+    // a new value each time: an upsert that changes nothing logs nothing
+    let first = match direction {
+        LostDir::PgToMysql => "INSERT INTO orders VALUES (1, 1, 'ok', 1.00, 'n') ON CONFLICT (id) DO UPDATE SET customer_id = orders.customer_id + 1",
+        LostDir::MysqlToPg => "INSERT INTO orders VALUES (1, 1, 'ok', 1.00, 'n') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
+    };
+    agent.write_until_applied(&db, first, 1).await;
+
+    // the poison transaction (rows 2 and 3), then an unrelated row
+    direction.source(&db, &direction.poison(2)).await;
+    direction
+        .source(&db, "INSERT INTO orders VALUES (4, 1, 'ok', 4.00, 'n')")
+        .await;
+    common::wait_for("row 4 applied", Duration::from_secs(60), || async {
+        direction.target_ids(&db).await == [1, 4]
+    })
+    .await;
+    common::wait_for("one dead letter", Duration::from_secs(30), || async {
+        agent.queued().await.len() == 1
+    })
+    .await;
+    let poison = agent.queued().await[0];
+    assert!(
+        direction.target_dead_letter_rows(&db).await >= 2,
+        "the target holds the entry and its events"
+    );
+
+    // the agent's disk is lost: the dead letter is not
+    agent.lose_data_dir().await;
+    common::wait_for(
+        "the dead letter listed again",
+        Duration::from_secs(60),
+        || async { agent.queued().await == [poison] },
+    )
+    .await;
+    let list = fetch_dead_letters(agent.listen, Some(pipeline))
+        .await
+        .unwrap();
+    let entry = &list.pipelines[pipeline][0];
+    assert_eq!(entry.events, 2, "the whole source transaction, restored");
+    let detail = fetch_dead_letter(agent.listen, pipeline, poison, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(detail.events.len(), 2, "its events, restored");
+    let (ok, shown) = callosum(&["dlq", "list"], &agent.config).await;
+    assert!(
+        ok && shown.contains(&format!("{pipeline}  #{poison} ")),
+        "`dlq list` after the lost data_dir:\n{shown}"
+    );
+
+    // its rows are still held back: a change of row 3 queues behind it
+    direction
+        .source(&db, "UPDATE orders SET status = 'later' WHERE id = 3")
+        .await;
+    direction
+        .source(&db, "INSERT INTO orders VALUES (5, 1, 'ok', 5.00, 'n')")
+        .await;
+    common::wait_for("row 5 applied", Duration::from_secs(60), || async {
+        direction.target_ids(&db).await == [1, 4, 5]
+    })
+    .await;
+    common::wait_for(
+        "the update of row 3 queued behind",
+        Duration::from_secs(30),
+        || async { agent.queued().await.len() == 2 },
+    )
+    .await;
+    let list = fetch_dead_letters(agent.listen, Some(pipeline))
+        .await
+        .unwrap();
+    assert_eq!(list.pipelines[pipeline][1].behind, Some(poison));
+
+    // the operator fixes the cause and replays: applied once
+    match direction {
+        LostDir::PgToMysql => {
+            common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await
+        }
+        LostDir::MysqlToPg => db
+            .pg
+            .batch_execute("ALTER TABLE orders DROP CONSTRAINT amount_not_negative")
+            .await
+            .unwrap(),
+    }
+    let (ok, shown) = callosum(&["dlq", "replay", "--pipeline", pipeline], &agent.config).await;
+    assert!(ok, "`dlq replay`:\n{shown}\n{}", agent.log_text());
+    assert!(agent.queued().await.is_empty());
+    assert_eq!(direction.target_dead_letter_rows(&db).await, 0);
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    let report = replay_dead_letters(agent.listen, pipeline, None)
+        .await
+        .unwrap();
+    assert!(
+        report.replayed.is_empty() && report.already_applied.is_empty(),
+        "a second replay does nothing: {report:?}"
+    );
+    let context = format!("agent log: {}", agent.log.display());
+    common::audit::assert_strictly_increasing(&direction.audited(&db, pipeline).await, &context);
+    let replays = direction
+        .audited(&db, &format!("{pipeline}/dead_letters"))
+        .await;
+    assert_eq!(replays.len(), 2, "one replay transaction per entry");
+    common::audit::assert_strictly_increasing(&replays, &context);
+
+    // a discard after a lost data_dir is for good: the target refuses
+    // negative amounts from now on
+    match direction {
+        LostDir::PgToMysql => {
+            common::mysql_exec(
+                &db.mysql,
+                "ALTER TABLE orders ADD CONSTRAINT amount_not_negative CHECK (amount >= 0)",
+            )
+            .await
+        }
+        LostDir::MysqlToPg => db
+            .pg
+            .batch_execute(
+                "ALTER TABLE orders ADD CONSTRAINT amount_not_negative CHECK (amount >= 0) NOT VALID",
+            )
+            .await
+            .unwrap(),
+    }
+    direction
+        .source(
+            &db,
+            "INSERT INTO orders VALUES (10, 1, 'poison', -5.00, 'n')",
+        )
+        .await;
+    common::wait_for("a new dead letter", Duration::from_secs(60), || async {
+        agent.queued().await.len() == 1
+    })
+    .await;
+    let second = agent.queued().await[0];
+    assert!(second > poison, "ids are never reused");
+    agent.lose_data_dir().await;
+    common::wait_for(
+        "the new dead letter listed again",
+        Duration::from_secs(60),
+        || async { agent.queued().await == [second] },
+    )
+    .await;
+    let discarded = discard_dead_letters(agent.listen, pipeline, DiscardSelection::One(second))
+        .await
+        .unwrap();
+    assert_eq!(discarded.discarded, [second]);
+    assert_eq!(direction.target_dead_letter_rows(&db).await, 0);
+    agent.lose_data_dir().await;
+    direction
+        .source(&db, "INSERT INTO orders VALUES (20, 1, 'ok', 20.00, 'n')")
+        .await;
+    common::wait_for("row 20 applied", Duration::from_secs(60), || async {
+        direction.target_ids(&db).await.contains(&20)
+    })
+    .await;
+    assert!(
+        agent.queued().await.is_empty(),
+        "the discarded dead letter stays gone"
+    );
+    assert!(
+        !agent.log_text().contains("xxxxxxxx"),
+        "no row value in the agent's log"
+    );
+    kill(&mut agent.agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_to_mariadb_dead_letters_survive_a_lost_data_dir() {
+    dead_letters_survive_a_lost_data_dir(LostDir::PgToMysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_pg_dead_letters_survive_a_lost_data_dir() {
+    dead_letters_survive_a_lost_data_dir(LostDir::MysqlToPg).await;
+}

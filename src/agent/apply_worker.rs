@@ -100,12 +100,16 @@ impl ApplyWorker {
         };
         self.observer().queue_size(queue.size());
         let mut retry = RetryPolicy::default();
+        let mut reconciled = false;
         loop {
             if crate::shutdown::is_requested(&shutdown) {
                 self.stopped();
                 return;
             }
-            let err = match self.apply_once(&mut shutdown, &mut retry, &mut queue).await {
+            let err = match self
+                .apply_once(&mut shutdown, &mut retry, &mut queue, &mut reconciled)
+                .await
+            {
                 Ok(ApplyStop::Shutdown) => {
                     self.stopped();
                     return;
@@ -230,7 +234,13 @@ impl ApplyWorker {
                 let _ = reply.send(result.map_err(|err| err.to_string()));
             }
             DeadLetterCommand::Discard { which, reply } => {
-                let result = queue.discard(which).await;
+                let result = match sink_config(&self.pipeline, &self.from, &self.to) {
+                    Ok(config) => match config.connect().await {
+                        Ok(mut sink) => queue.discard(&mut sink, which).await,
+                        Err(err) => Err(err),
+                    },
+                    Err(err) => Err(err),
+                };
                 if let Ok(report) = &result {
                     match which {
                         DiscardSelection::All => {
@@ -277,10 +287,22 @@ impl ApplyWorker {
         shutdown: &mut watch::Receiver<bool>,
         retry: &mut RetryPolicy,
         queue: &mut DeadLetterQueue,
+        reconciled: &mut bool,
     ) -> Result<ApplyStop, ConnectorError> {
         let mut sink = sink_config(&self.pipeline, &self.from, &self.to)?
             .connect()
             .await?;
+        if !*reconciled {
+            // the target holds the durable copy of the queue: before
+            // anything is applied, the queue (and the rows it holds back)
+            // is what the target says
+            let done = dead_letter::target::reconcile(&mut sink, queue.stored()).await?;
+            if done.changed_queue() {
+                queue.reload()?;
+            }
+            self.observer().queue_size(queue.size());
+            *reconciled = true;
+        }
         let mut reader = self.log.reader(&self.pipeline.from, &self.pipeline.name)?;
         // the store's log holds every pipeline's tables, and what Callosum
         // applied into the store from this pipeline's own target

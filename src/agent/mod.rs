@@ -514,6 +514,30 @@ impl Sink for AnySink {
     ) -> Result<bool, ConnectorError> {
         on_sink!(self, sink => sink.refresh_targets(tables).await)
     }
+    async fn store_dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+        payload: &[u8],
+    ) -> Result<(), ConnectorError> {
+        on_sink!(self, sink => sink.store_dead_letter_part(id, part, payload).await)
+    }
+    async fn remove_dead_letter(&mut self, id: u64) -> Result<(), ConnectorError> {
+        on_sink!(self, sink => sink.remove_dead_letter(id).await)
+    }
+    async fn dead_letter_ids(&mut self) -> Result<Vec<u64>, ConnectorError> {
+        on_sink!(self, sink => sink.dead_letter_ids().await)
+    }
+    async fn dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, ConnectorError> {
+        on_sink!(self, sink => sink.dead_letter_part(id, part).await)
+    }
+    async fn discard_dead_letters(&mut self, ids: &[u64]) -> Result<(), ConnectorError> {
+        on_sink!(self, sink => sink.discard_dead_letters(ids).await)
+    }
 }
 
 fn store_password(store: &StoreConfig) -> Result<Option<String>, ConnectorError> {

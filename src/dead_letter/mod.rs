@@ -3,8 +3,10 @@
 //! With `on_error = "dead_letter"`, a source transaction that the target
 //! rejects for good (a constraint, a value the target type cannot hold, a
 //! missing column) is copied into the pipeline's queue in the change log
-//! ([`crate::log::DeadLetters`]) with its reason, the target's checkpoint
-//! moves past it, and the pipeline goes on. Every later transaction that
+//! ([`crate::log::DeadLetters`]) with its reason, then written to the
+//! target's `callosum_dead_letter` in the target transaction that moves the
+//! checkpoint past it ([`target`]: the target is the durable home, the
+//! queue in `data_dir` the working copy), and the pipeline goes on. Every later transaction that
 //! changes a row a queued transaction changes is queued behind it
 //! ([`BlockedRows`]), so replaying the queue in order restores the source's
 //! order for those rows.
@@ -18,6 +20,7 @@ pub mod api;
 mod blocked;
 mod queue;
 mod replay;
+pub mod target;
 
 pub use blocked::BlockedRows;
 pub use queue::{DeadLetterQueue, QueueSize};

@@ -1,6 +1,6 @@
 //! A pipeline's dead-letter queue with the rows it holds back.
 
-use callosum_api::ChangeEvent;
+use callosum_api::{ChangeEvent, ConnectorError, Sink};
 
 use super::{BlockedRows, DiscardReport, DiscardSelection};
 use crate::log::{DeadLetter, DeadLetterReason, DeadLetters, LogError, LogReader, TxnRecord};
@@ -99,12 +99,20 @@ impl DeadLetterQueue {
         Ok(entry)
     }
 
-    /// Drops entries without applying them, durably.
-    pub async fn discard(&mut self, which: DiscardSelection) -> Result<DiscardReport, LogError> {
+    /// Drops entries without applying them, durably: from the target's
+    /// dead-letter table through `sink` first, then from the queue (a crash
+    /// in between leaves them in the queue only, and the start's
+    /// reconciliation removes them).
+    pub async fn discard<K: Sink>(
+        &mut self,
+        sink: &mut K,
+        which: DiscardSelection,
+    ) -> Result<DiscardReport, ConnectorError> {
         let ids: Vec<u64> = match which {
             DiscardSelection::One(id) => vec![id],
             DiscardSelection::All => self.queue.list()?.iter().map(|e| e.id).collect(),
         };
+        sink.discard_dead_letters(&ids).await?;
         let mut discarded = Vec::new();
         for id in ids {
             if self.queue.remove(id)? {

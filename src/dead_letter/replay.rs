@@ -7,6 +7,9 @@
 //! replayed oldest first and their positions grow with their ids, so an
 //! entry at or below that row was applied by a replay that a crash
 //! interrupted before it removed the entry: it is removed, not applied again.
+//! The same target transaction deletes the entry from the target's
+//! dead-letter table ([`super::target`]), so a restart after a lost
+//! `data_dir` does not bring it back.
 
 use callosum_api::{ChangeEvent, ConnectorError, ErrorKind, Position, Sink};
 use std::cmp::Ordering;
@@ -109,6 +112,8 @@ async fn apply_entry<K: Sink>(
         sink.apply(&events).await?;
         applied += events.len() as u64;
     }
+    // the target's copy goes with the replay, atomically
+    sink.remove_dead_letter(entry.id).await?;
     sink.commit().await
 }
 

@@ -164,6 +164,103 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Part 0 of a dead letter in the target's `callosum_dead_letter`: the
+/// entry, and how many parts of events follow it (parts 1 to `parts`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterHead {
+    pub entry: super::DeadLetter,
+    pub parts: u32,
+}
+
+/// Cuts a dead letter's record batches (as its queue stores them) into
+/// target parts of at most `limit` bytes: the batches form one stream, each
+/// prefixed by its length (u64 LE), cut every `limit` bytes, so a batch
+/// larger than a part spans several and a part holds several small ones.
+/// Memory: one part and one batch.
+#[derive(Debug)]
+pub struct PartSplitter {
+    limit: usize,
+    part: Vec<u8>,
+}
+
+impl PartSplitter {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            part: Vec::new(),
+        }
+    }
+
+    /// Adds one record batch; calls `full` with every part it filled.
+    pub fn push<E>(
+        &mut self,
+        batch: &[u8],
+        full: &mut dyn FnMut(Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let len = (batch.len() as u64).to_le_bytes();
+        for mut bytes in [&len[..], batch] {
+            while !bytes.is_empty() {
+                let room = self.limit - self.part.len();
+                let (now, later) = bytes.split_at(room.min(bytes.len()));
+                self.part.extend_from_slice(now);
+                bytes = later;
+                if self.part.len() == self.limit {
+                    full(std::mem::take(&mut self.part))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The last, partly filled part, if any.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        (!self.part.is_empty()).then_some(self.part)
+    }
+}
+
+/// Joins target parts, in order, back into the record batches
+/// [`PartSplitter`] cut them from.
+#[derive(Debug, Default)]
+pub struct PartJoiner {
+    pending: Vec<u8>,
+}
+
+impl PartJoiner {
+    /// Adds the next part and returns the batches it completed.
+    pub fn push(&mut self, part: &[u8]) -> Vec<Vec<u8>> {
+        self.pending.extend_from_slice(part);
+        let mut batches = Vec::new();
+        let mut at = 0usize;
+        loop {
+            let Some(prefix) = self.pending.get(at..at + 8) else {
+                break;
+            };
+            let len = u64::from_le_bytes(prefix.try_into().expect("8 bytes")) as usize;
+            let Some(batch) = at
+                .checked_add(8 + len)
+                .and_then(|end| self.pending.get(at + 8..end))
+            else {
+                break;
+            };
+            batches.push(batch.to_vec());
+            at += 8 + len;
+        }
+        self.pending.drain(..at);
+        batches
+    }
+
+    /// Fails when the parts ended inside a batch.
+    pub fn finish(self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            Ok(())
+        } else {
+            Err(LogError::Corrupt(
+                "a dead letter's parts in the target end inside a record batch",
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +420,49 @@ mod tests {
                 prop_assert_eq!(d.len(), e.len());
             }
         }
+    }
+
+    proptest! {
+        /// Whatever the batch sizes and the part limit, the parts are at
+        /// most the limit and join back into the same batches.
+        #[test]
+        fn dead_letter_parts_split_and_join(
+            batches in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),
+            limit in 1usize..300,
+        ) {
+            let mut parts = Vec::new();
+            let mut splitter = PartSplitter::new(limit);
+            for batch in &batches {
+                splitter.push::<()>(batch, &mut |part| { parts.push(part); Ok(()) }).unwrap();
+            }
+            parts.extend(splitter.finish());
+            prop_assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= limit));
+            let mut joiner = PartJoiner::default();
+            let mut joined = Vec::new();
+            for part in &parts {
+                joined.extend(joiner.push(part));
+            }
+            joiner.finish().unwrap();
+            prop_assert_eq!(joined, batches);
+        }
+    }
+
+    #[test]
+    fn dead_letter_parts_missing_their_end_are_refused() {
+        let mut parts = Vec::new();
+        let mut splitter = PartSplitter::new(10);
+        splitter
+            .push::<()>(&[7u8; 25], &mut |part| {
+                parts.push(part);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(parts.len(), 3, "33 bytes: three full parts of 10");
+        let mut joiner = PartJoiner::default();
+        for part in &parts {
+            assert!(joiner.push(part).is_empty());
+        }
+        assert!(joiner.finish().is_err());
     }
 
     #[test]

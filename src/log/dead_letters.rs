@@ -9,6 +9,13 @@
 //! | `dead_letters` | pipeline `\0` id (u64 BE) | [`DeadLetter`] |
 //! | `dead_letter_events` | pipeline `\0` id (u64 BE) chunk (u64 BE) | record batch |
 //! | `dead_letter_ids` | pipeline | the next id (u64), so ids are never reused |
+//! | `dead_letter_target` | pipeline | present once the queue's entries were written to the target |
+//!
+//! This queue is the working copy: the target's `callosum_dead_letter` is
+//! the durable home (see `crate::dead_letter::target`), so a lost
+//! `data_dir` loses no dead letter. Entries are copied to and from the
+//! target as their record batches, unchanged ([`DeadLetters::chunks`],
+//! [`DeadLetters::restore_chunk`], [`DeadLetters::restore_entry`]).
 //!
 //! An entry is written after its events, so an entry that exists is whole.
 //! Ids grow in source commit order, so a queue read in id order is the
@@ -64,6 +71,7 @@ pub struct DeadLetters {
     entries: sled::Tree,
     events: sled::Tree,
     ids: sled::Tree,
+    target: sled::Tree,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -82,6 +90,7 @@ impl DeadLetters {
             entries: db.open_tree("dead_letters")?,
             events: db.open_tree("dead_letter_events")?,
             ids: db.open_tree("dead_letter_ids")?,
+            target: db.open_tree("dead_letter_target")?,
         })
     }
 
@@ -255,6 +264,52 @@ impl DeadLetters {
             batch.remove(entry?.0);
         }
         self.events.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The stored record batches of entry `id`, in order: what
+    /// [`DeadLetters::restore_chunk`] takes back.
+    pub fn chunks(&self, id: u64) -> impl Iterator<Item = Result<Vec<u8>, LogError>> + '_ {
+        self.events
+            .scan_prefix(self.entry_key(id))
+            .map(|item| Ok(item?.1.to_vec()))
+    }
+
+    /// Stores record batch `index` of entry `id` as [`DeadLetters::chunks`]
+    /// returned it (restoring an entry from the target). The entry follows
+    /// with [`DeadLetters::restore_entry`]. Not durable until
+    /// [`DeadLetters::flush`].
+    pub fn restore_chunk(&self, id: u64, index: u64, batch: &[u8]) -> Result<(), LogError> {
+        // refuse what the queue could not read back
+        codec::decode_batch(batch)?;
+        self.events.insert(self.chunk_key(id, index), batch)?;
+        Ok(())
+    }
+
+    /// Stores `entry` (its record batches restored before) under its own id,
+    /// and moves the next id past it. Not durable until
+    /// [`DeadLetters::flush`].
+    pub fn restore_entry(&self, entry: &DeadLetter) -> Result<(), LogError> {
+        let next = self.next_id(Some(entry.id))?;
+        self.ids
+            .insert(self.pipeline.as_bytes(), codec::encode(&next)?)?;
+        self.entries
+            .insert(self.entry_key(entry.id), codec::encode(entry)?)?;
+        Ok(())
+    }
+
+    /// Whether this queue's entries were written to the target: `false`
+    /// for a queue an agent from before the target copy filled (its
+    /// entries are in this queue only), and for a new one.
+    pub fn in_target(&self) -> Result<bool, LogError> {
+        Ok(self.target.contains_key(self.pipeline.as_bytes())?)
+    }
+
+    /// Records that every entry of this queue is in the target, and every
+    /// later one will be. Not durable until [`DeadLetters::flush`].
+    pub fn mark_in_target(&self) -> Result<(), LogError> {
+        self.target
+            .insert(self.pipeline.as_bytes(), codec::encode(&true)?)?;
         Ok(())
     }
 

@@ -27,6 +27,28 @@ use std::sync::Arc;
 /// pipeline with the source position of the last applied transaction.
 pub const CHECKPOINT_TABLE: &str = "callosum_checkpoint";
 
+/// The name of the table, in every target store next to
+/// [`CHECKPOINT_TABLE`], that holds each pipeline's dead letters: rows
+/// `(pipeline, id, part, payload)`, the payload opaque bytes the agent
+/// encodes. The durable home of a pipeline's dead-letter queue (the agent's
+/// `data_dir` holds a working copy), so that a lost `data_dir` loses none.
+/// No pipeline captures it.
+pub const DEAD_LETTER_TABLE: &str = "callosum_dead_letter";
+
+/// The largest payload of one [`DEAD_LETTER_TABLE`] row (4 MiB): written as
+/// one statement, it stays below MariaDB's default `max_allowed_packet`
+/// (16 MiB) also as a hex literal.
+pub const MAX_DEAD_LETTER_PART_BYTES: usize = 4 << 20;
+
+/// The pipeline whose dead letters a sink with checkpoint row
+/// `checkpoint_key` reads and writes: `<pipeline>` for the pipeline's own
+/// sink and for its dead-letter replay's (`<pipeline>/dead_letters`).
+pub fn dead_letter_owner(checkpoint_key: &str) -> &str {
+    checkpoint_key
+        .split_once('/')
+        .map_or(checkpoint_key, |(p, _)| p)
+}
+
 /// The pipelines that write into a captured store whose own writes the store's
 /// source keeps instead of dropping as echo: checkpoint-row pipeline name →
 /// the pipeline's source store (the transaction's [`TransactionMeta::origin`]).
@@ -48,10 +70,9 @@ impl EchoOrigins {
     /// `checkpoint_key` (`<pipeline>`, or `<pipeline>/dead_letters` for a
     /// dead-letter replay); `None`: drop the transaction as echo.
     pub fn origin_of(&self, checkpoint_key: &str) -> Option<&str> {
-        let pipeline = checkpoint_key
-            .split_once('/')
-            .map_or(checkpoint_key, |(p, _)| p);
-        self.0.get(pipeline).map(String::as_str)
+        self.0
+            .get(dead_letter_owner(checkpoint_key))
+            .map(String::as_str)
     }
 }
 
@@ -223,7 +244,14 @@ pub trait Source: Send {
 ///   target; the checkpoint row is the first row written in the target
 ///   transaction and commits atomically with the data;
 /// - on error the target transaction is rolled back: the caller retries the
-///   same batch from `begin`.
+///   same batch from `begin`;
+/// - the pipeline's dead letters live in [`DEAD_LETTER_TABLE`] (created on
+///   connect next to the checkpoint table), keyed by
+///   [`dead_letter_owner`] of the checkpoint key, so a replay's sink sees
+///   the pipeline's dead letters. A dead letter is written and removed only
+///   inside a target transaction that also writes a checkpoint row, so it
+///   commits (or not) with the checkpoint that moves past it (or with its
+///   replay); [`Sink::discard_dead_letters`] is the one exception.
 pub trait Sink: Send {
     /// The checkpoint position stored in the target for this pipeline.
     fn checkpoint(
@@ -248,6 +276,44 @@ pub trait Sink: Send {
 
     /// Rolls back the open target transaction, if any.
     fn rollback(&mut self) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Inside the open target transaction: stores `payload` (at most
+    /// [`MAX_DEAD_LETTER_PART_BYTES`]) as part `part` of the pipeline's dead
+    /// letter `id`, replacing what that part held.
+    fn store_dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+        payload: &[u8],
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Inside the open target transaction: deletes every part of the
+    /// pipeline's dead letter `id` (nothing when there is none).
+    fn remove_dead_letter(
+        &mut self,
+        id: u64,
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
+
+    /// Outside a target transaction: the ids of the pipeline's stored dead
+    /// letters, ascending.
+    fn dead_letter_ids(&mut self) -> impl Future<Output = Result<Vec<u64>, ConnectorError>> + Send;
+
+    /// Outside a target transaction: part `part` of the pipeline's dead
+    /// letter `id`, `None` when the target holds no such part.
+    fn dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ConnectorError>> + Send;
+
+    /// Outside a target transaction: deletes the pipeline's dead letters
+    /// `ids` in a target transaction of its own, without a checkpoint row
+    /// (nothing is applied; the table is captured by no pipeline, so the
+    /// delete reaches no source). Durable when it returns.
+    fn discard_dead_letters(
+        &mut self,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<(), ConnectorError>> + Send;
 
     /// Reads the target tables of the source tables `tables` from the
     /// catalog again, outside a target transaction, and forgets what was
@@ -320,5 +386,11 @@ mod tests {
         assert_eq!(origins.origin_of("erp_to_crm"), Some("erp"));
         assert_eq!(origins.origin_of("erp_to_crm/dead_letters"), Some("erp"));
         assert_eq!(origins.origin_of("crm_to_erp"), None);
+    }
+
+    #[test]
+    fn a_replay_sink_owns_its_pipelines_dead_letters() {
+        assert_eq!(dead_letter_owner("erp_to_crm"), "erp_to_crm");
+        assert_eq!(dead_letter_owner("erp_to_crm/dead_letters"), "erp_to_crm");
     }
 }

@@ -18,6 +18,9 @@ use std::fmt;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
+mod dead_letters;
+pub(crate) use dead_letters::dead_letter_ddl;
+
 /// Most rows in one statement.
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 /// A statement is closed once it passes this many bytes (well under the
@@ -303,8 +306,8 @@ impl fmt::Debug for MySqlSink {
 }
 
 impl MySqlSink {
-    /// Connects, sets up the session, creates `callosum_checkpoint` in the
-    /// url's database if it is missing, and reads every target table's
+    /// Connects, sets up the session, creates `callosum_checkpoint` and
+    /// `callosum_dead_letter` in the url's database if they are missing, and reads every target table's
     /// columns and primary key. Fails with `Schema` when a target table is
     /// missing or has no primary key.
     pub async fn connect(config: MySqlSinkConfig) -> Result<MySqlSink, ConnectorError> {
@@ -324,6 +327,16 @@ impl MySqlSink {
                 .await
                 .map_err(|e| classify(e, &store, &format!("creating `{checkpoint}`")))?;
             info!(store = %store, table = %checkpoint, "created checkpoint table");
+        }
+        let dead_letters = TableId::new(&database, callosum_api::DEAD_LETTER_TABLE);
+        if read_table(&mut conn, &store, &dead_letters)
+            .await?
+            .is_none()
+        {
+            conn.query_drop(dead_letter_ddl(&database))
+                .await
+                .map_err(|e| classify(e, &store, &format!("creating `{dead_letters}`")))?;
+            info!(store = %store, table = %dead_letters, "created dead-letter table");
         }
         let mut tables = HashMap::new();
         for (source, target) in &config.tables {
@@ -928,6 +941,35 @@ impl Sink for MySqlSink {
             .query_drop("ROLLBACK")
             .await
             .map_err(|e| classify(e, &self.config.store, "rolling back"))
+    }
+
+    async fn store_dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+        payload: &[u8],
+    ) -> Result<(), ConnectorError> {
+        self.store_part(id, part, payload).await
+    }
+
+    async fn remove_dead_letter(&mut self, id: u64) -> Result<(), ConnectorError> {
+        self.remove_entry(id).await
+    }
+
+    async fn dead_letter_ids(&mut self) -> Result<Vec<u64>, ConnectorError> {
+        self.entry_ids().await
+    }
+
+    async fn dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, ConnectorError> {
+        self.entry_part(id, part).await
+    }
+
+    async fn discard_dead_letters(&mut self, ids: &[u64]) -> Result<(), ConnectorError> {
+        self.discard_entries(ids).await
     }
 }
 

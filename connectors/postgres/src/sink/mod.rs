@@ -46,7 +46,9 @@ use crate::replication::{quote_ident, quote_literal};
 use crate::sink_convert::{encode, PgType, Reason};
 use crate::source::pg_config;
 
+mod dead_letters;
 mod statements;
+pub(crate) use dead_letters::{dead_letter_ddl, dead_letter_table};
 use statements::*;
 
 /// PostgreSQL's limit on bind parameters in one statement.
@@ -333,10 +335,12 @@ pub(crate) fn checkpoint_ddl() -> String {
 /// concurrent `CREATE TABLE IF NOT EXISTS` of one table race on the catalog
 /// (one fails with a unique violation on `pg_type`), so creators take a
 /// transaction-scoped advisory lock first.
+/// The dead-letter table ([`dead_letter_ddl`]) is created with it.
 fn create_checkpoint_sql() -> String {
     format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({CHECKPOINT_DDL_LOCK}); {}; COMMIT",
-        checkpoint_ddl()
+        "BEGIN; SELECT pg_advisory_xact_lock({CHECKPOINT_DDL_LOCK}); {}; {}; COMMIT",
+        checkpoint_ddl(),
+        dead_letter_ddl()
     )
 }
 
@@ -344,8 +348,8 @@ fn create_checkpoint_sql() -> String {
 /// (`callosum` in ASCII).
 const CHECKPOINT_DDL_LOCK: i64 = 0x63616c6c6f73756d;
 
-/// Creates `public.callosum_checkpoint` in the sink's store if it is
-/// missing. The agent calls it before a PostgreSQL source of the same store
+/// Creates `public.callosum_checkpoint` (and `public.callosum_dead_letter`)
+/// in the sink's store if it is missing. The agent calls it before a PostgreSQL source of the same store
 /// connects, so that the source's publication includes the table and
 /// Callosum's own writes are recognised from the first transaction (echo
 /// suppression).
@@ -556,7 +560,7 @@ impl fmt::Debug for PgSink {
 
 impl PgSink {
     /// Connects, sets up the session, creates `public.callosum_checkpoint`
-    /// if it is missing, reads every target table's columns and primary key
+    /// and `public.callosum_dead_letter` if they are missing, reads every target table's columns and primary key
     /// and creates a temporary staging table per target table (when the
     /// role has the `TEMPORARY` privilege). Fails with `Schema` naming store
     /// and table when a target table is missing or has no primary key.
@@ -585,9 +589,14 @@ impl PgSink {
             ),
         }
         let checkpoint = checkpoint_table();
+        // an older agent created the checkpoint table without the
+        // dead-letter table
         if read_table(&conn.client, &store, &checkpoint)
             .await?
             .is_none()
+            || read_table(&conn.client, &store, &dead_letter_table())
+                .await?
+                .is_none()
         {
             conn.simple(&create_checkpoint_sql(), &format!("create `{checkpoint}`"))
                 .await?;
@@ -991,6 +1000,35 @@ impl Sink for PgSink {
     async fn rollback(&mut self) -> Result<(), ConnectorError> {
         self.in_transaction = false;
         self.conn.simple("ROLLBACK", "roll back").await
+    }
+
+    async fn store_dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+        payload: &[u8],
+    ) -> Result<(), ConnectorError> {
+        self.store_part(id, part, payload).await
+    }
+
+    async fn remove_dead_letter(&mut self, id: u64) -> Result<(), ConnectorError> {
+        self.remove_entry(id).await
+    }
+
+    async fn dead_letter_ids(&mut self) -> Result<Vec<u64>, ConnectorError> {
+        self.entry_ids().await
+    }
+
+    async fn dead_letter_part(
+        &mut self,
+        id: u64,
+        part: u32,
+    ) -> Result<Option<Vec<u8>>, ConnectorError> {
+        self.entry_part(id, part).await
+    }
+
+    async fn discard_dead_letters(&mut self, ids: &[u64]) -> Result<(), ConnectorError> {
+        self.discard_entries(ids).await
     }
 }
 
