@@ -1300,6 +1300,10 @@ struct LostDirAgent {
 
 impl LostDirAgent {
     fn start(db: &Databases, direction: LostDir) -> Self {
+        Self::start_with(db, direction, &[])
+    }
+
+    fn start_with(db: &Databases, direction: LostDir, env: &[(&str, &str)]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let listen = free_listen_addr();
         let pipeline = match direction {
@@ -1325,7 +1329,9 @@ impl LostDirAgent {
         .replace("on_error = \"halt\"", "on_error = \"dead_letter\"");
         let config = write_config(work.path(), &toml);
         let log = work.path().join("agent.log");
-        let agent = spawn_agent(&config, &log, &[("CALLOSUM_LOG", "info")]);
+        let mut env = env.to_vec();
+        env.push(("CALLOSUM_LOG", "info"));
+        let agent = spawn_agent(&config, &log, &env);
         Self {
             direction,
             work,
@@ -1340,8 +1346,16 @@ impl LostDirAgent {
     /// SIGKILLs the agent, deletes its `data_dir` and starts it again on a
     /// new HTTP port.
     async fn lose_data_dir(&mut self) {
+        self.restart(true).await;
+    }
+
+    /// SIGKILLs the agent and starts it again (without test failpoints) on
+    /// a new HTTP port, its `data_dir` deleted when `lose_data_dir`.
+    async fn restart(&mut self, lose_data_dir: bool) {
         kill(&mut self.agent).await;
-        std::fs::remove_dir_all(self.work.path().join("data")).unwrap();
+        if lose_data_dir {
+            std::fs::remove_dir_all(self.work.path().join("data")).unwrap();
+        }
         let listen = free_listen_addr();
         self.toml = self
             .toml
@@ -1420,10 +1434,13 @@ async fn dead_letters_survive_a_lost_data_dir(direction: LostDir) {
     })
     .await;
     let poison = agent.queued().await[0];
-    assert!(
-        direction.target_dead_letter_rows(&db).await >= 2,
-        "the target holds the entry and its events"
-    );
+    // the queue lists it first; the target transaction follows
+    common::wait_for(
+        "the target to hold the entry and its events",
+        Duration::from_secs(30),
+        || async { direction.target_dead_letter_rows(&db).await >= 2 },
+    )
+    .await;
 
     // the agent's disk is lost: the dead letter is not
     agent.lose_data_dir().await;
@@ -1531,6 +1548,12 @@ async fn dead_letters_survive_a_lost_data_dir(direction: LostDir) {
     .await;
     let second = agent.queued().await[0];
     assert!(second > poison, "ids are never reused");
+    common::wait_for(
+        "the target to hold the new dead letter",
+        Duration::from_secs(30),
+        || async { direction.target_dead_letter_rows(&db).await >= 2 },
+    )
+    .await;
     agent.lose_data_dir().await;
     common::wait_for(
         "the new dead letter listed again",
@@ -1570,4 +1593,133 @@ async fn pg_to_mariadb_dead_letters_survive_a_lost_data_dir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_to_pg_dead_letters_survive_a_lost_data_dir() {
     dead_letters_survive_a_lost_data_dir(LostDir::MysqlToPg).await;
+}
+
+/// The crash window of a dead-lettering: the transaction is in the queue in
+/// `data_dir` (flushed) but the target transaction that stores it and moves
+/// the checkpoint past it never ran (the debug failpoint halts the
+/// pipeline there, then SIGKILL). On restart the queue is reconciled with
+/// the target, which does not hold it: it is removed, the log delivers the
+/// transaction again and it is dead-lettered again, once, now in the
+/// target too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_queue_and_target_dead_letters_the_transaction_once() {
+    let db = databases("dlq_window").await;
+    common::audit::install_mysql(&db.mysql).await;
+    let direction = LostDir::PgToMysql;
+    let mut agent = LostDirAgent::start_with(
+        &db,
+        direction,
+        &[("CALLOSUM_TEST_PANIC", "dead_letter_stored")],
+    );
+    common::wait_for_slot(&db).await;
+    direction
+        .source(&db, "INSERT INTO orders VALUES (1, 1, 'ok', 1.00, 'n')")
+        .await;
+    common::wait_for("row 1 applied", Duration::from_secs(60), || async {
+        direction.target_ids(&db).await == [1]
+    })
+    .await;
+    direction.source(&db, &direction.poison(2)).await;
+    common::wait_for(
+        "the pipeline to halt at the failpoint",
+        Duration::from_secs(60),
+        || async {
+            callosum::http::fetch_status(agent.listen)
+                .await
+                .is_ok_and(|s| s.pipelines["pg_to_mysql"].state == PipelineState::Halted)
+        },
+    )
+    .await;
+    let before = agent.queued().await;
+    assert_eq!(before.len(), 1, "stored in the queue before the target");
+    assert_eq!(direction.target_dead_letter_rows(&db).await, 0);
+
+    agent.restart(false).await;
+    direction
+        .source(&db, "INSERT INTO orders VALUES (4, 1, 'ok', 4.00, 'n')")
+        .await;
+    common::wait_for("row 4 applied", Duration::from_secs(60), || async {
+        direction.target_ids(&db).await == [1, 4]
+    })
+    .await;
+    let after = agent.queued().await;
+    assert_eq!(after.len(), 1, "dead-lettered once: {after:?}");
+    assert!(after[0] > before[0], "under a new id");
+    assert!(direction.target_dead_letter_rows(&db).await >= 2);
+    common::audit::assert_strictly_increasing(
+        &direction.audited(&db, "pg_to_mysql").await,
+        &format!("agent log: {}", agent.log.display()),
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("dead letters the target does not hold removed"),
+        "the reconciliation says what it removed"
+    );
+    kill(&mut agent.agent).await;
+}
+
+/// A dead letter larger than one target row (4 MiB): 12,000 rows of 1 kB
+/// notes in one source transaction, refused by MariaDB's VARCHAR(200). It
+/// is stored in several parts, restored whole after a lost `data_dir`, and
+/// replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_larger_than_a_target_row_survives_a_lost_data_dir() {
+    let db = databases("dlq_lost_large").await;
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = work.path().join("data");
+    let listen = free_listen_addr();
+    let toml = dead_letter_config(&db, &data_dir, listen);
+    let agent = Agent::start(Config::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    common::wait_for_slot(&db).await;
+    db.pg
+        .batch_execute(
+            "INSERT INTO orders SELECT g, g, 'bulk', 1.00, repeat(md5(g::text), 32)
+               FROM generate_series(1, 12000) g",
+        )
+        .await
+        .unwrap();
+    let parts = || async {
+        common::mysql_rows(
+            &db.mysql,
+            "SELECT COUNT(*) FROM callosum_dead_letter WHERE pipeline = 'pg_to_mysql'",
+        )
+        .await[0][0]
+            .as_deref()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    // the queue lists it first; the target transaction follows
+    common::wait_for(
+        "the dead letter in the target",
+        Duration::from_secs(120),
+        || async { parts().await > 0 },
+    )
+    .await;
+    assert_eq!(queued_ids(listen).await.len(), 1);
+    let parts = parts().await;
+    assert!(parts >= 4, "12 MB in parts of at most 4 MiB: {parts} rows");
+    agent.stop().await;
+    std::fs::remove_dir_all(&data_dir).unwrap();
+
+    let agent = Agent::start(Config::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    common::wait_for(
+        "the dead letter restored",
+        Duration::from_secs(60),
+        || async { queued_ids(listen).await.len() == 1 },
+    )
+    .await;
+    let list = fetch_dead_letters(listen, Some(PIPELINE)).await.unwrap();
+    assert_eq!(list.pipelines[PIPELINE][0].events, 12_000);
+    common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
+    let report = replay_dead_letters(listen, PIPELINE, None).await.unwrap();
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
+    agent.stop().await;
 }
