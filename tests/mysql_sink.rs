@@ -527,12 +527,16 @@ async fn check_reports_missing_privileges() {
     cfg.password = Some("pw".into());
     let problems = check_target(&cfg, &[]).await.unwrap();
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-    assert_eq!(problems.len(), 2, "{text:#?}");
+    assert_eq!(problems.len(), 3, "{text:#?}");
     assert!(
         text[0].contains("callosum_checkpoint") && text[0].contains("CREATE"),
         "{text:#?}"
     );
-    assert!(text[1].contains("INSERT, UPDATE, DELETE"), "{text:#?}");
+    assert!(
+        text[1].contains("callosum_dead_letter") && text[1].contains("DELETE, CREATE"),
+        "{text:#?}"
+    );
+    assert!(text[2].contains("INSERT, UPDATE, DELETE"), "{text:#?}");
     assert!(!text.iter().any(|t| t.contains("pw")), "{text:#?}");
     let err = MySqlSink::connect(cfg).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Permission, "{err}");

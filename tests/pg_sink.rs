@@ -915,13 +915,18 @@ async fn connect_fails_on_missing_table_key_or_column_and_check_lists_problems()
     cfg.tables.retain(|(s, _)| s.name == "orders");
     let problems = check_target(&cfg, &[]).await.unwrap();
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-    assert_eq!(problems.len(), 2, "{text:#?}");
+    assert_eq!(problems.len(), 3, "{text:#?}");
     assert!(
         text[0].contains("SELECT, INSERT, UPDATE") && text[0].contains("callosum_checkpoint"),
         "{text:#?}"
     );
     assert!(
-        text[1].contains("INSERT, UPDATE, DELETE, TRUNCATE") && text[1].contains("GRANT"),
+        text[1].contains("SELECT, INSERT, UPDATE, DELETE")
+            && text[1].contains("callosum_dead_letter"),
+        "{text:#?}"
+    );
+    assert!(
+        text[2].contains("INSERT, UPDATE, DELETE, TRUNCATE") && text[2].contains("GRANT"),
         "{text:#?}"
     );
     // Without the checkpoint table, the role could not create it.
@@ -931,7 +936,7 @@ async fn connect_fails_on_missing_table_key_or_column_and_check_lists_problems()
         .unwrap();
     let problems = check_target(&cfg, &[]).await.unwrap();
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-    assert_eq!(problems.len(), 2, "{text:#?}");
+    assert_eq!(problems.len(), 3, "{text:#?}");
     assert!(
         text[0].contains("may not create") && text[0].contains("GRANT CREATE ON SCHEMA"),
         "{text:#?}"

@@ -231,10 +231,7 @@ impl PartJoiner {
         self.pending.extend_from_slice(part);
         let mut batches = Vec::new();
         let mut at = 0usize;
-        loop {
-            let Some(prefix) = self.pending.get(at..at + 8) else {
-                break;
-            };
+        while let Some(prefix) = self.pending.get(at..at + 8) {
             let len = u64::from_le_bytes(prefix.try_into().expect("8 bytes")) as usize;
             let Some(batch) = at
                 .checked_add(8 + len)

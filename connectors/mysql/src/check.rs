@@ -3,15 +3,15 @@
 
 use crate::grants::Grants;
 use crate::keys::{binary_collation, insensitive_key_columns};
-use crate::sink::{open, read_table, MySqlSinkConfig};
-use callosum_api::{CheckProblem, ConnectorError, TableId, CHECKPOINT_TABLE};
+use crate::sink::{dead_letter_ddl, open, read_table, MySqlSinkConfig};
+use callosum_api::{CheckProblem, ConnectorError, TableId, CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
 
 /// Checks a target before a pipeline runs: every target table exists, has a
 /// primary key and holds every source column (`source_columns` lists the
 /// source tables' column names where known, keyed by source table; tables
 /// not listed are checked for existence and key only); the user may create
-/// (or, when it exists, write) `callosum_checkpoint` and write the target
-/// tables.
+/// (or, when it exists, write) `callosum_checkpoint` and
+/// `callosum_dead_letter` and write the target tables.
 ///
 /// Returns every problem found, each with its fix; `Err` only when the store
 /// cannot be reached or queried at all.
@@ -53,6 +53,31 @@ pub async fn check_target(
                 format!("GRANT {list} ON `{database}`.`{CHECKPOINT_TABLE}` TO {user};")
             } else {
                 format!("GRANT {list} ON `{database}`.* TO {user}; (or create the table as an administrator: CREATE TABLE `{database}`.`{CHECKPOINT_TABLE}` (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB; and grant SELECT, INSERT, UPDATE on it)")
+            },
+        ));
+    }
+
+    let dead_letters = TableId::new(&database, DEAD_LETTER_TABLE);
+    let dead_letters_exist = read_table(&mut conn, store, &dead_letters).await?.is_some();
+    let mut needed = vec!["SELECT", "INSERT", "UPDATE", "DELETE"];
+    if !dead_letters_exist {
+        needed.push("CREATE");
+    }
+    let missing: Vec<&str> = needed
+        .into_iter()
+        .filter(|p| !has(p, &dead_letters))
+        .collect();
+    if !missing.is_empty() {
+        let list = missing.join(", ");
+        problems.push(problem(
+            format!("user {user} lacks {list} on `{dead_letters}`, which holds the pipelines' dead letters"),
+            if dead_letters_exist {
+                format!("GRANT {list} ON `{database}`.`{DEAD_LETTER_TABLE}` TO {user};")
+            } else {
+                format!(
+                    "GRANT {list} ON `{database}`.* TO {user}; (or create the table as an administrator: {}; and grant SELECT, INSERT, UPDATE, DELETE on it)",
+                    dead_letter_ddl(&database)
+                )
             },
         ));
     }

@@ -4,7 +4,10 @@
 use callosum_api::{CheckProblem, ConnectorError, TableId};
 
 use crate::replication::quote_ident;
-use crate::sink::{checkpoint_ddl, checkpoint_table, open, push_table, read_table, PgSinkConfig};
+use crate::sink::{
+    checkpoint_ddl, checkpoint_table, dead_letter_ddl, dead_letter_table, open, push_table,
+    read_table, PgSinkConfig,
+};
 
 /// Checks a target before a pipeline runs and returns every problem found
 /// (empty when all is well), each with its fix:
@@ -14,6 +17,7 @@ use crate::sink::{checkpoint_ddl, checkpoint_table, open, push_table, read_table
 ///   existence and key only);
 /// - the role may create `public.callosum_checkpoint` (`CREATE` on schema
 ///   `public`) or, when it exists, `SELECT`, `INSERT` and `UPDATE` it;
+///   likewise `public.callosum_dead_letter`, which it also `DELETE`s from;
 /// - the role has `USAGE` on each target schema and `SELECT`, `INSERT`,
 ///   `UPDATE`, `DELETE` and `TRUNCATE` on each target table;
 /// - where target tables take part in foreign keys, the role may set
@@ -86,6 +90,45 @@ pub async fn check_target(
                     "GRANT CREATE ON SCHEMA {} TO {role}; or create it as an administrator: {}; GRANT SELECT, INSERT, UPDATE ON {checkpoint_name} TO {role};",
                     quote_ident(&checkpoint.namespace),
                     checkpoint_ddl()
+                ),
+            );
+        }
+    }
+
+    let dead_letters = dead_letter_table();
+    let mut dead_letters_name = String::new();
+    push_table(&mut dead_letters_name, &dead_letters);
+    if read_table(&client, store, &dead_letters).await?.is_some() {
+        let missing = missing_privileges(
+            &client,
+            store,
+            &dead_letters_name,
+            &["SELECT", "INSERT", "UPDATE", "DELETE"],
+        )
+        .await?;
+        if !missing.is_empty() {
+            let list = missing.join(", ");
+            problem(
+                format!("role {user} lacks {list} on `{dead_letters}`, which holds the pipelines' dead letters"),
+                format!("GRANT {list} ON {dead_letters_name} TO {role};"),
+            );
+        }
+    } else {
+        let may_create: bool = client
+            .query_one(
+                "SELECT has_schema_privilege($1, 'CREATE')",
+                &[&dead_letters.namespace],
+            )
+            .await
+            .map_err(q)?
+            .get(0);
+        if !may_create {
+            problem(
+                format!("role {user} may not create `{dead_letters}` (no CREATE on schema {})", dead_letters.namespace),
+                format!(
+                    "GRANT CREATE ON SCHEMA {} TO {role}; or create it as an administrator: {}; GRANT SELECT, INSERT, UPDATE, DELETE ON {dead_letters_name} TO {role};",
+                    quote_ident(&dead_letters.namespace),
+                    dead_letter_ddl()
                 ),
             );
         }
