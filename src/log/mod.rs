@@ -10,7 +10,7 @@
 //! | `S/txns` | transaction sequence, u64 big-endian | [`codec::TxnRecord`]: position and event range |
 //! | `S/meta` | `head`, `truncation` | writer state, truncation mark |
 //! | `cursors` | `S` `\0` pipeline | last applied transaction sequence |
-//! | `dead_letters`, `dead_letter_events`, `dead_letter_ids` | pipeline `\0` … | each pipeline's dead-letter queue ([`DeadLetters`]) |
+//! | `dead_letters`, `dead_letter_events`, `dead_letter_ids`, `dead_letter_target` | pipeline `\0` … | each pipeline's dead-letter queue ([`DeadLetters`]), the working copy of the target's |
 //!
 //! Guarantees:
 //! - a transaction is visible to readers only after [`LogWriter::flush`] made
