@@ -1660,7 +1660,7 @@ async fn a_crash_between_queue_and_target_dead_letters_the_transaction_once() {
     kill(&mut agent.agent).await;
 }
 
-/// A dead letter larger than one target row (4 MiB): 12,000 rows of 1 kB
+/// A dead letter larger than one target row (1 MiB): 12,000 rows of 1 kB
 /// notes in one source transaction, refused by MariaDB's VARCHAR(200). It
 /// is stored in several parts, restored whole after a lost `data_dir`, and
 /// replays.
@@ -1702,7 +1702,7 @@ async fn a_dead_letter_larger_than_a_target_row_survives_a_lost_data_dir() {
     .await;
     assert_eq!(queued_ids(listen).await.len(), 1);
     let parts = parts().await;
-    assert!(parts >= 4, "12 MB in parts of at most 4 MiB: {parts} rows");
+    assert!(parts >= 12, "12 MB in parts of at most 1 MiB: {parts} rows");
     agent.stop().await;
     std::fs::remove_dir_all(&data_dir).unwrap();
 
@@ -1722,4 +1722,105 @@ async fn a_dead_letter_larger_than_a_target_row_survives_a_lost_data_dir() {
     assert_eq!(report.replayed.len(), 1, "{report:?}");
     common::wait_until_mirrored(&db, &[&PLAIN_ORDERS], Duration::from_secs(60)).await;
     agent.stop().await;
+}
+
+/// An agent from before the target copy left its dead letters only in
+/// `data_dir`: the first start of this one writes those the target's
+/// checkpoint moved past to the target, once, and drops the one whose
+/// checkpoint move never committed (the log delivers it again); after
+/// that, a lost `data_dir` restores the entry whole from the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_agents_dead_letters_are_written_to_the_target_once() {
+    use callosum::dead_letter::target::reconcile;
+    use callosum::log::DeadLetterReason;
+
+    let db = databases("dlq_upgrade").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = ChangeLog::open(dir.path()).unwrap();
+    let column = |name: &str, source_type: &str, is_key| ColumnSchema {
+        name: name.into(),
+        source_type: source_type.into(),
+        is_key,
+    };
+    let schema = Arc::new(TableSchema {
+        table: TableId::new("public", "orders"),
+        columns: vec![
+            column("id", "int8", true),
+            column("customer_id", "int8", false),
+            column("status", "varchar", false),
+            column("amount", "numeric", false),
+            column("note", "text", false),
+        ],
+    });
+    let mut writer = log.writer("crm").unwrap();
+    for id in 1..=3i64 {
+        append_order(&mut writer, &schema, id, "v".repeat(300));
+    }
+    writer.flush().await.unwrap();
+    let mut reader = log.reader("crm", PIPELINE).unwrap();
+    reader.seek_after(None).unwrap();
+    let txns = reader.peek_transactions(u64::MAX).unwrap();
+    let queue = log.dead_letters(PIPELINE).unwrap();
+    let reason = || DeadLetterReason {
+        kind: "conversion".into(),
+        message: "too long".into(),
+        hint: None,
+        behind: None,
+    };
+    // the older agent: transactions 1 and 2 queued, the checkpoint moved
+    // past 1 only
+    let older = queue
+        .add(&mut reader, &txns[0].1, reason(), &mut |_, _| {})
+        .unwrap();
+    let pending = queue
+        .add(&mut reader, &txns[1].1, reason(), &mut |_, _| {})
+        .unwrap();
+    queue.flush().await.unwrap();
+    let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
+    let config = MySqlSinkConfig {
+        store: "erp".into(),
+        url: db.mysql_url.clone(),
+        password: None,
+        pipeline: PIPELINE.into(),
+        tables: vec![(
+            TableId::new("public", "orders"),
+            TableId::new(&database, "orders"),
+        )],
+        time_zone: None,
+    };
+    let mut sink = MySqlSink::connect(config.clone()).await.unwrap();
+    sink.begin(&older.position).await.unwrap();
+    sink.commit().await.unwrap();
+    assert!(!queue.in_target().unwrap());
+
+    let done = reconcile(&mut sink, &queue).await.unwrap();
+    assert_eq!(done.exported, [older.id]);
+    assert_eq!(
+        done.removed,
+        [pending.id],
+        "its checkpoint move never committed"
+    );
+    assert!(done.restored.is_empty());
+    assert_eq!(sink.dead_letter_ids().await.unwrap(), [older.id]);
+    assert_eq!(
+        sink.checkpoint().await.unwrap(),
+        Some(older.position.clone())
+    );
+    assert!(queue.in_target().unwrap());
+    let again = reconcile(&mut sink, &queue).await.unwrap();
+    assert_eq!(again, Default::default(), "once");
+
+    // the data_dir is lost: the entry comes back whole from the target
+    let lost = tempfile::tempdir().unwrap();
+    let fresh = ChangeLog::open(lost.path()).unwrap();
+    let restored_queue = fresh.dead_letters(PIPELINE).unwrap();
+    let done = reconcile(&mut sink, &restored_queue).await.unwrap();
+    assert_eq!(done.restored, [older.id]);
+    assert_eq!(restored_queue.list().unwrap(), [older.clone()]);
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    queue.read_events(&older, 0, 10, &mut before).unwrap();
+    restored_queue
+        .read_events(&older, 0, 10, &mut after)
+        .unwrap();
+    assert_eq!(after, before);
 }

@@ -35,10 +35,12 @@ pub const CHECKPOINT_TABLE: &str = "callosum_checkpoint";
 /// No pipeline captures it.
 pub const DEAD_LETTER_TABLE: &str = "callosum_dead_letter";
 
-/// The largest payload of one [`DEAD_LETTER_TABLE`] row (4 MiB): written as
-/// one statement, it stays below MariaDB's default `max_allowed_packet`
-/// (16 MiB) also as a hex literal.
-pub const MAX_DEAD_LETTER_PART_BYTES: usize = 4 << 20;
+/// The largest payload of one [`DEAD_LETTER_TABLE`] row (1 MiB): one
+/// statement with it stays below the default `max_allowed_packet` of every
+/// MariaDB/MySQL server in use (16 MiB on MariaDB 10.2+, 64 MiB on MySQL 8,
+/// 4 MiB on MySQL 5.7, where a 4 MiB payload plus its statement would not
+/// fit).
+pub const MAX_DEAD_LETTER_PART_BYTES: usize = 1 << 20;
 
 /// The pipeline whose dead letters a sink with checkpoint row
 /// `checkpoint_key` reads and writes: `<pipeline>` for the pipeline's own
