@@ -1816,7 +1816,7 @@ async fn an_older_agents_dead_letters_are_written_to_the_target_once() {
     let restored_queue = fresh.dead_letters(PIPELINE).unwrap();
     let done = reconcile(&mut sink, &restored_queue).await.unwrap();
     assert_eq!(done.restored, [older.id]);
-    assert_eq!(restored_queue.list().unwrap(), [older.clone()]);
+    assert_eq!(restored_queue.list().unwrap(), std::slice::from_ref(&older));
     let (mut before, mut after) = (Vec::new(), Vec::new());
     queue.read_events(&older, 0, 10, &mut before).unwrap();
     restored_queue
