@@ -407,34 +407,6 @@ fn same_columns(old: &TargetTable, new: &TargetTable) -> bool {
         })
 }
 
-/// A value already in binary form, bound as a parameter of any type.
-#[derive(Debug)]
-struct Raw<'a>(Option<&'a [u8]>);
-
-impl ToSql for Raw<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self.0 {
-            Some(bytes) => {
-                out.put_slice(bytes);
-                Ok(IsNull::No)
-            }
-            None => Ok(IsNull::Yes),
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        // The bytes were encoded for the target column's type, read from
-        // the catalog; the statement's parameter has that type.
-        true
-    }
-
-    to_sql_checked!();
-}
-
 /// The connection and what is cached on it.
 struct Conn {
     client: Client,
