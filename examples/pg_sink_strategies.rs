@@ -84,6 +84,7 @@ async fn main() {
     tokio::spawn(conn);
     client.batch_execute(DDL).await.unwrap();
     let mut sink = PgSink::connect(PgSinkConfig {
+        tls: Default::default(),
         store: "bench".into(),
         url: url.clone(),
         password: None,

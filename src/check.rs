@@ -65,9 +65,7 @@ pub async fn report(config: &Config) -> (Vec<CheckProblem>, Vec<CheckAdvice>) {
                 if let Ok(found) = callosum_postgres::advice(&source).await {
                     advice.extend(found);
                 }
-                if let Ok(columns) =
-                    postgres_columns(&source.url, source.password.as_deref(), &tables).await
-                {
+                if let Ok(columns) = postgres_columns(&source, &tables).await {
                     source_columns.insert(store, columns);
                 }
             }
@@ -76,9 +74,7 @@ pub async fn report(config: &Config) -> (Vec<CheckProblem>, Vec<CheckAdvice>) {
                     Ok(found) => problems.extend(found),
                     Err(err) => problems.push(unreachable_store(store, store_config, &err)),
                 }
-                if let Ok((columns, insensitive)) =
-                    mysql_columns(&source.url, source.password.as_deref(), &tables).await
-                {
+                if let Ok((columns, insensitive)) = mysql_columns(&source, &tables).await {
                     source_columns.insert(store, columns);
                     source_insensitive.insert(store, insensitive);
                 }
@@ -135,10 +131,34 @@ pub async fn report(config: &Config) -> (Vec<CheckProblem>, Vec<CheckAdvice>) {
             }),
         }
     }
+    advice.extend(clear_text_advice(config));
     // one problem per unreachable store is enough
     let mut seen = BTreeSet::new();
     problems.retain(|p| seen.insert((p.store.clone(), p.problem.clone())));
     (problems, advice)
+}
+
+/// A store reached over the network with `tls = "disable"`: its password
+/// and rows cross the network in clear.
+fn clear_text_advice(config: &Config) -> Vec<CheckAdvice> {
+    config
+        .stores
+        .iter()
+        .filter(|(_, store)| !store.tls().enabled())
+        .filter_map(|(name, store)| {
+            let url = url::Url::parse(store.url()).ok()?;
+            let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
+            let local = host == "localhost"
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            (!local).then(|| CheckAdvice {
+                store: name.clone(),
+                risk: format!(
+                    "the connections to {host} are not encrypted (tls = \"disable\"): the password and every replicated row cross the network in clear"
+                ),
+                advice: "turn TLS on in the server and set tls = \"verify-full\" with tls_ca_file in the store".into(),
+            })
+        })
+        .collect()
 }
 
 fn unreachable_store(name: &str, store: &StoreConfig, err: &ConnectorError) -> CheckProblem {
@@ -153,16 +173,10 @@ fn unreachable_store(name: &str, store: &StoreConfig, err: &ConnectorError) -> C
 
 /// The column names of the captured tables, for the target's column check.
 async fn postgres_columns(
-    url: &str,
-    password: Option<&str>,
+    source: &callosum_postgres::PgSourceConfig,
     tables: &[TableId],
-) -> Result<Vec<(TableId, Vec<String>)>, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if let Some(password) = password {
-        config.password(password);
-    }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+) -> Result<Vec<(TableId, Vec<String>)>, ConnectorError> {
+    let (client, _connection) = callosum_postgres::source::connect_sql(source).await?;
     let mut out = Vec::new();
     for table in tables {
         let rows = client
@@ -171,7 +185,10 @@ async fn postgres_columns(
                   WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
                 &[&table.namespace, &table.name],
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                callosum_postgres::error::from_sql(&source.store, "read the columns", e)
+            })?;
         if !rows.is_empty() {
             out.push((table.clone(), rows.iter().map(|r| r.get(0)).collect()));
         }
@@ -184,16 +201,12 @@ type TableColumns = Vec<(TableId, Vec<String>)>;
 /// The column names of captured MySQL/MariaDB tables, and those of their
 /// columns that compare case- or accent-insensitively.
 async fn mysql_columns(
-    url: &str,
-    password: Option<&str>,
+    source: &callosum_mysql::MySqlSourceConfig,
     tables: &[TableId],
-) -> Result<(TableColumns, TableColumns), mysql_async::Error> {
+) -> Result<(TableColumns, TableColumns), ConnectorError> {
     use mysql_async::prelude::Queryable;
-    let mut opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(url)?);
-    if let Some(password) = password {
-        opts = opts.pass(Some(password));
-    }
-    let mut conn = mysql_async::Conn::new(opts).await?;
+    let failed = |e| callosum_mysql::classify(e, &source.store, "reading the columns");
+    let mut conn = callosum_mysql::connect_sql(source).await?;
     let mut out = Vec::new();
     let mut insensitive = Vec::new();
     for table in tables {
@@ -203,7 +216,8 @@ async fn mysql_columns(
                   WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&table.namespace, &table.name),
             )
-            .await?;
+            .await
+            .map_err(failed)?;
         if !columns.is_empty() {
             let merged = columns
                 .iter()
@@ -217,6 +231,46 @@ async fn mysql_columns(
             out.push((table.clone(), columns.into_iter().map(|(n, _)| n).collect()));
         }
     }
-    conn.disconnect().await?;
+    conn.disconnect().await.map_err(failed)?;
     Ok((out, insensitive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_connections_over_the_network_are_advised_against() {
+        let config = |crm_host: &str, crm_tls: &str| {
+            Config::from_toml(&format!(
+                r#"data_dir = "/tmp/callosum"
+[stores.crm]
+kind = "postgres"
+url = "postgres://callosum@{crm_host}:5432/crm"
+{crm_tls}
+[stores.erp]
+kind = "mysql"
+url = "mysql://callosum@127.0.0.1:3306/erp"
+server_id = 4201
+[[pipelines]]
+name = "crm_to_erp"
+from = "crm"
+to = "erp"
+tables = ["public.accounts"]
+"#
+            ))
+            .unwrap()
+        };
+        let advice = clear_text_advice(&config("crm.internal", ""));
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].store, "crm");
+        assert!(
+            advice[0].risk.contains("crm.internal"),
+            "{}",
+            advice[0].risk
+        );
+        assert!(clear_text_advice(&config("crm.internal", "tls = \"require\"")).is_empty());
+        assert!(clear_text_advice(&config("localhost", "")).is_empty());
+        assert!(clear_text_advice(&config("[::1]", "")).is_empty());
+    }
 }

@@ -641,6 +641,7 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
     common::audit::install_mysql(&db.mysql).await;
     let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
     let mut sink = MySqlSink::connect(MySqlSinkConfig {
+        tls: Default::default(),
         store: "erp".into(),
         url: db.mysql_url.clone(),
         password: None,
@@ -915,6 +916,7 @@ async fn a_target_altered_while_running_is_read_again(target: Target, on_error: 
         Target::Mysql => {
             let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
             let mut sink = MySqlSink::connect(MySqlSinkConfig {
+                tls: Default::default(),
                 store: "erp".into(),
                 url: db.mysql_url.clone(),
                 password: None,
@@ -935,6 +937,7 @@ async fn a_target_altered_while_running_is_read_again(target: Target, on_error: 
                 .await
                 .unwrap();
             let config = PgSinkConfig {
+                tls: Default::default(),
                 store: "warehouse".into(),
                 url: db.pg_url.clone(),
                 password: None,
@@ -1082,6 +1085,7 @@ async fn a_source_column_the_target_lacks_is_dead_lettered_by_name_and_replayed_
     writer.flush().await.unwrap();
     let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
     let config = |pipeline: String| MySqlSinkConfig {
+        tls: Default::default(),
         store: "erp".into(),
         url: db.mysql_url.clone(),
         password: None,
@@ -1778,6 +1782,7 @@ async fn an_older_agents_dead_letters_are_written_to_the_target_once() {
     queue.flush().await.unwrap();
     let database = db.mysql_url.rsplit('/').next().unwrap().to_string();
     let config = MySqlSinkConfig {
+        tls: Default::default(),
         store: "erp".into(),
         url: db.mysql_url.clone(),
         password: None,

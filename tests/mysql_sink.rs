@@ -40,6 +40,7 @@ async fn fresh(prefix: &str) -> Db {
 
 fn config(db: &Db, tables: &[&str]) -> MySqlSinkConfig {
     MySqlSinkConfig {
+        tls: Default::default(),
         store: "erp".into(),
         url: db.url.clone(),
         password: None,

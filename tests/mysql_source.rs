@@ -31,6 +31,7 @@ fn server_id() -> u32 {
 
 fn config(db: &Db, tables: &[&str]) -> MySqlSourceConfig {
     MySqlSourceConfig {
+        tls: Default::default(),
         store: "erp".into(),
         url: db.url.clone(),
         password: None,

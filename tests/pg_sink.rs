@@ -35,6 +35,7 @@ async fn fresh(prefix: &str, ddl: &str) -> Db {
 
 fn config(db: &Db, tables: &[&str]) -> PgSinkConfig {
     PgSinkConfig {
+        tls: Default::default(),
         store: "crm".into(),
         url: db.url.clone(),
         password: None,

@@ -24,6 +24,7 @@ async fn db(prefix: &str, ddl: &str) -> Db {
 
 fn config(db: &Db, tables: &[&str]) -> PgSourceConfig {
     PgSourceConfig {
+        tls: Default::default(),
         store: "crm".into(),
         url: db.url.clone(),
         password: None,
@@ -595,6 +596,7 @@ async fn a_log_older_than_the_slot_is_a_lost_position_when_the_slot_is_told_what
 
     // Told only what was applied, the slot's position is safe to start at.
     let applied = PgSourceConfig {
+        tls: Default::default(),
         confirmed_means_applied: true,
         ..cfg.clone()
     };

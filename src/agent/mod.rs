@@ -404,17 +404,12 @@ async fn report_slot_lag(
             return;
         }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = match source.pg_config() {
-                Ok(config) => match config.connect(tokio_postgres::NoTls).await {
-                    Ok((c, connection)) => {
-                        tokio::spawn(connection);
-                        Some(c)
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "cannot read the slot's lag");
-                        None
-                    }
-                },
+            client = match callosum_postgres::source::connect_sql(&source).await {
+                Ok((c, _connection)) => Some(c),
+                Err(err) if err.is_transient() => {
+                    tracing::debug!(error = %err, "cannot read the slot's lag");
+                    None
+                }
                 Err(_) => return,
             };
         }
@@ -610,6 +605,7 @@ pub(crate) fn source_config(
             tables,
             echo_origins: EchoOrigins::default(),
             confirmed_means_applied: pg.acknowledge == Acknowledge::Applied,
+            tls: pg.tls.clone(),
         }),
         StoreConfig::Mysql(mysql) => SourceConfig::Mysql(MySqlSourceConfig {
             store: name.to_string(),
@@ -623,6 +619,7 @@ pub(crate) fn source_config(
             },
             time_zone: mysql.time_zone,
             echo_origins: EchoOrigins::default(),
+            tls: mysql.tls.clone(),
         }),
     })
 }
@@ -643,6 +640,7 @@ pub(crate) fn sink_config(
             pipeline: pipeline.name.clone(),
             tables,
             time_zone: mysql.time_zone,
+            tls: mysql.tls.clone(),
         }),
         StoreConfig::Postgres(pg) => SinkConfig::Postgres(PgSinkConfig {
             store: pipeline.to.clone(),
@@ -650,6 +648,7 @@ pub(crate) fn sink_config(
             password,
             pipeline: pipeline.name.clone(),
             tables,
+            tls: pg.tls.clone(),
         }),
     })
 }

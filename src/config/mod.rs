@@ -21,7 +21,7 @@
 //! [`Secret`], which never prints; `Debug` of a store prints its URL with the
 //! password replaced by `***` (see [`redact_url`]).
 
-use callosum_api::TableId;
+use callosum_api::{TableId, TlsMode, TlsSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

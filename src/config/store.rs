@@ -30,6 +30,8 @@ pub struct PostgresStore {
     pub schema: Option<String>,
     /// What the slot is told Callosum no longer needs; default `applied`.
     pub acknowledge: Acknowledge,
+    /// `tls` and `tls_ca_file`: how the connections are encrypted.
+    pub tls: TlsSettings,
 }
 
 /// `acknowledge` of a PostgreSQL store: when the replication slot may free
@@ -82,6 +84,8 @@ pub struct MysqlStore {
     /// The zone of the application's local times in `DATETIME` columns
     /// (`time_zone`, an IANA name); `None` is UTC, the default.
     pub time_zone: Option<chrono_tz::Tz>,
+    /// `tls` and `tls_ca_file`: how the connections are encrypted.
+    pub tls: TlsSettings,
 }
 
 /// `zero_dates` of a MySQL store: what a zero date (`0000-00-00`, a zero
@@ -127,6 +131,22 @@ struct RawStore {
     server_id: Option<u32>,
     zero_dates: Option<ZeroDates>,
     time_zone: Option<String>,
+    tls: Option<TlsWord>,
+    tls_ca_file: Option<PathBuf>,
+}
+
+/// `tls` as written, read by hand so that a wrong value names the key.
+struct TlsWord(TlsMode);
+
+impl<'de> Deserialize<'de> for TlsWord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        TlsMode::parse(&value).map(TlsWord).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid value {value:?} for key `tls`: expected \"disable\", \"require\", \"verify-ca\" or \"verify-full\""
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -154,6 +174,10 @@ impl TryFrom<RawStore> for StoreConfig {
     type Error = String;
 
     fn try_from(raw: RawStore) -> Result<Self, String> {
+        let tls = TlsSettings {
+            mode: raw.tls.map(|w| w.0).unwrap_or_default(),
+            ca_file: raw.tls_ca_file,
+        };
         match raw.kind {
             StoreKind::Postgres => {
                 reject_misplaced(
@@ -172,6 +196,7 @@ impl TryFrom<RawStore> for StoreConfig {
                     publication: raw.publication,
                     schema: raw.schema,
                     acknowledge: raw.acknowledge.unwrap_or_default(),
+                    tls,
                 }))
             }
             StoreKind::Mysql => {
@@ -202,6 +227,7 @@ impl TryFrom<RawStore> for StoreConfig {
                             .map_err(|e| format!("invalid value for key `time_zone`: {e}"))?,
                         None => None,
                     },
+                    tls,
                 }))
             }
         }
@@ -258,6 +284,7 @@ pub(super) fn validate_store(name: &str, store: &StoreConfig, problems: &mut Pro
             "sets both password_env and password_file; keep one",
         );
     }
+    validate_tls(&key, store, problems);
     if password_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
         problems.push(
             format!("{key}.password_env"),
@@ -307,7 +334,62 @@ pub(super) fn validate_store(name: &str, store: &StoreConfig, problems: &mut Pro
     }
 }
 
+/// `tls_ca_file` only with a mode that checks the certificate, and readable;
+/// the url does not choose TLS itself (the store's `tls` does).
+fn validate_tls(key: &str, store: &StoreConfig, problems: &mut Problems) {
+    let tls = store.tls();
+    if let Some(ca) = &tls.ca_file {
+        if !matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) {
+            problems.push(
+                format!("{key}.tls_ca_file"),
+                format!(
+                    "is used only with tls = \"verify-ca\" or \"verify-full\" (tls is \"{}\"); set tls or remove tls_ca_file",
+                    tls.mode
+                ),
+            );
+        } else if let Err(err) = std::fs::read(ca) {
+            problems.push(
+                format!("{key}.tls_ca_file"),
+                format!("cannot read {}: {err}", ca.display()),
+            );
+        }
+    }
+    if matches!(store, StoreConfig::Mysql(_)) && tls.mode == TlsMode::VerifyCa {
+        problems.push(
+            format!("{key}.tls"),
+            "\"verify-ca\" is not available for kind = \"mysql\" stores (the MySQL driver cannot check the CA without the host name); use \"verify-full\" with the host name the server's certificate names, or \"require\"",
+        );
+    }
+    let tls_params: &[&str] = match store {
+        StoreConfig::Postgres(_) => &["sslmode", "sslrootcert", "sslcert", "sslkey"],
+        StoreConfig::Mysql(_) => &[
+            "require_ssl",
+            "verify_ca",
+            "verify_identity",
+            "built_in_roots",
+        ],
+    };
+    if let Ok(url) = url::Url::parse(store.url()) {
+        for (param, _) in url.query_pairs() {
+            if tls_params.contains(&param.as_ref()) {
+                problems.push(
+                    format!("{key}.url"),
+                    format!("sets `{param}`: choose TLS with the store's keys tls (disable, require, verify-ca, verify-full) and tls_ca_file instead"),
+                );
+            }
+        }
+    }
+}
+
 impl StoreConfig {
+    /// `tls` and `tls_ca_file` of the store.
+    pub fn tls(&self) -> &TlsSettings {
+        match self {
+            StoreConfig::Postgres(s) => &s.tls,
+            StoreConfig::Mysql(s) => &s.tls,
+        }
+    }
+
     /// `postgres` or `mysql`, as spelled in `kind`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -419,6 +501,7 @@ impl fmt::Debug for PostgresStore {
             .field("publication", &self.publication)
             .field("schema", &self.schema)
             .field("acknowledge", &self.acknowledge)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -432,6 +515,7 @@ impl fmt::Debug for MysqlStore {
             .field("server_id", &self.server_id)
             .field("zero_dates", &self.zero_dates)
             .field("time_zone", &self.time_zone)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -650,3 +650,49 @@ fn acknowledge_defaults_to_applied_parses_and_is_postgres_only() {
     assert!(message.contains("`acknowledge`"), "{message}");
     assert!(message.contains("only to kind = \"postgres\""), "{message}");
 }
+
+#[test]
+fn tls_is_chosen_per_store_and_checked() {
+    let with = |pg: &str, my: &str| {
+        base("")
+            .replace("kind = \"postgres\"", &format!("kind = \"postgres\"\n{pg}"))
+            .replace("kind = \"mysql\"", &format!("kind = \"mysql\"\n{my}"))
+    };
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let ca_key = format!("tls_ca_file = \"{}\"", ca.path().display());
+    let config = Config::from_toml(&with(
+        &format!("tls = \"verify-ca\"\n{ca_key}"),
+        &format!("tls = \"verify-full\"\n{ca_key}"),
+    ))
+    .unwrap();
+    assert_eq!(config.stores["crm"].tls().mode, TlsMode::VerifyCa);
+    assert_eq!(config.stores["erp"].tls().mode, TlsMode::VerifyFull);
+    assert_eq!(
+        config.stores["erp"].tls().ca_file.as_deref(),
+        Some(ca.path())
+    );
+    // the default is plain TCP
+    assert_eq!(
+        Config::from_toml(&base("")).unwrap().stores["crm"].tls(),
+        &TlsSettings::default()
+    );
+
+    let (message, _) = parse_error(&with("tls = \"prefer\"", ""));
+    assert!(message.contains("key `tls`"), "{message}");
+    assert!(message.contains("verify-full"), "{message}");
+
+    let config = parse_only(&with(&format!("tls = \"require\"\n{ca_key}"), ""));
+    assert_problem(&config, "stores.crm.tls_ca_file", "only with tls");
+    let config = parse_only(&with(
+        "tls = \"verify-full\"\ntls_ca_file = \"/nonexistent/ca.pem\"",
+        "",
+    ));
+    assert_problem(&config, "stores.crm.tls_ca_file", "cannot read");
+    let config = parse_only(&with("", "tls = \"verify-ca\""));
+    assert_problem(&config, "stores.erp.tls", "verify-full");
+    let config = parse_only(&base("").replace(
+        "127.0.0.1:5432/crm\"",
+        "127.0.0.1:5432/crm?sslmode=require\"",
+    ));
+    assert_problem(&config, "stores.crm.url", "tls");
+}

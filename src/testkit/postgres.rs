@@ -71,7 +71,7 @@ impl PgServer {
     pub fn shared() -> &'static PgServer {
         let server = SHARED.get_or_init(|| {
             process::at_exit(shutdown_shared);
-            PgServer::launch(&[], true).map_err(|err| err.to_string())
+            PgServer::launch(&[], &[], true).map_err(|err| err.to_string())
         });
         match server {
             Ok(server) => server,
@@ -82,7 +82,18 @@ impl PgServer {
     /// A new server with extra postgresql.conf settings, e.g.
     /// `&[("wal_level", "replica")]`. Stopped, and its directory removed, on drop.
     pub fn start(settings: &[(&str, &str)]) -> Result<PgServer, TestkitError> {
-        PgServer::launch(settings, false)
+        PgServer::launch(settings, &[], false)
+    }
+
+    /// A new server with extra settings and `files` (name, contents) written
+    /// into its data directory before it starts, readable only by the
+    /// server's user, e.g. a TLS certificate and key with
+    /// `ssl_cert_file`/`ssl_key_file` naming them.
+    pub fn start_with_files(
+        settings: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> Result<PgServer, TestkitError> {
+        PgServer::launch(settings, files, false)
     }
 
     /// The TCP port on 127.0.0.1.
@@ -159,7 +170,11 @@ impl PgServer {
         self.process.restart(|| self.boot())
     }
 
-    fn launch(settings: &[(&str, &str)], shared: bool) -> Result<PgServer, TestkitError> {
+    fn launch(
+        settings: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+        shared: bool,
+    ) -> Result<PgServer, TestkitError> {
         let started = Instant::now();
         let bindir = find_bindir()?;
         let postgres_bin = bindir.join("postgres");
@@ -195,6 +210,7 @@ impl PgServer {
         };
         // From here on, dropping `server` on error removes the directory.
         server.init(&bindir, settings)?;
+        server.write_files(files)?;
         let initialised = started.elapsed();
         process::start_on_free_port(SERVER, |port| {
             server.process.port = port;
@@ -246,6 +262,28 @@ impl PgServer {
             .map_err(|err| TestkitError::io(format!("opening {}", hba.display()), err))?;
         file.write_all(PG_HBA.as_bytes())
             .map_err(|err| TestkitError::io(format!("writing {}", hba.display()), err))
+    }
+
+    /// Writes `files` into the data directory, mode 0600, owned by the
+    /// server's user.
+    fn write_files(&self, files: &[(&str, &[u8])]) -> Result<(), TestkitError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        for (name, contents) in files {
+            let path = self.process.data_dir.join(name);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|err| TestkitError::io(format!("creating {}", path.display()), err))?;
+            file.write_all(contents)
+                .map_err(|err| TestkitError::io(format!("writing {}", path.display()), err))?;
+            if let Some((uid, gid)) = self.run_as {
+                chown(&path, uid, gid)?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends settings to postgresql.conf (later lines win).

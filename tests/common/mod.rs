@@ -122,7 +122,7 @@ pub fn config_toml_with(
 
 /// Binlog connections to one server need distinct replica ids: tests of one
 /// binary run in parallel against the shared server.
-fn unique_server_id() -> u32 {
+pub fn unique_server_id() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     100_000
         + (std::process::id() % 10_000) * 100

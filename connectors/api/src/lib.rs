@@ -12,10 +12,12 @@ pub mod batch;
 mod error;
 pub mod mapping;
 mod position;
+mod tls;
 mod value;
 
 pub use error::{ConnectorError, ErrorClass, ErrorKind};
 pub use position::{Lsn, Position};
+pub use tls::{TlsFailure, TlsMode, TlsSettings};
 pub use value::{Interval, Value, ValueKind};
 
 use serde::{Deserialize, Serialize};

@@ -24,6 +24,7 @@ mod source_check;
 mod statement;
 mod stream_event;
 mod time_zone;
+mod tls;
 
 pub use check::{check_key_collations, check_target};
 pub use error::{classify, kind_of_code};
@@ -31,6 +32,6 @@ pub use row_value::ZeroDates;
 pub use sink::{
     redact_url, MySqlSink, MySqlSinkConfig, MAX_ROWS_PER_STATEMENT, MAX_STATEMENT_BYTES, SQL_MODE,
 };
-pub use source::{MySqlSource, MySqlSourceConfig, HEARTBEAT_PERIOD, READ_TIMEOUT};
+pub use source::{connect_sql, MySqlSource, MySqlSourceConfig, HEARTBEAT_PERIOD, READ_TIMEOUT};
 pub use source_check::check_source;
 pub use time_zone::parse_time_zone;

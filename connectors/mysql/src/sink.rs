@@ -8,8 +8,8 @@ use crate::keys;
 use callosum_api::batch::{plan_with, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
-    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
-    CHECKPOINT_TABLE,
+    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, TlsSettings,
+    Value, CHECKPOINT_TABLE,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
@@ -49,6 +49,8 @@ pub struct MySqlSinkConfig {
     /// The store's `time_zone`: its datetime columns hold local times of
     /// this zone; `None` is UTC.
     pub time_zone: Option<chrono_tz::Tz>,
+    /// `tls` and `tls_ca_file` of the store.
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for MySqlSinkConfig {
@@ -232,13 +234,13 @@ pub(crate) async fn open(config: &MySqlSinkConfig) -> Result<(Conn, String), Con
         )
         .with_hint("add the database to the url: mysql://user@host:port/database"));
     };
-    let mut builder = OptsBuilder::from_opts(opts);
+    let mut builder = OptsBuilder::from_opts(opts).ssl_opts(crate::tls::ssl_opts(&config.tls));
     if let Some(password) = &config.password {
         builder = builder.pass(Some(password.clone()));
     }
-    let mut conn = Conn::new(builder)
-        .await
-        .map_err(|e| classify(e, store, "connecting"))?;
+    let mut conn = Conn::new(builder).await.map_err(|e| {
+        crate::tls::tls_failure(&e, store).unwrap_or_else(|| classify(e, store, "connecting"))
+    })?;
     // foreign_key_checks=0: the source already enforced its foreign keys, and
     // a batch is applied as its net effect, whose order may differ from the
     // source's statement order. unique_checks stays on.

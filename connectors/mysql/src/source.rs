@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use callosum_api::{
     ColumnSchema, ConnectorError, EchoOrigins, ErrorKind, Position, Source, SourceMessage, TableId,
-    TableSchema,
+    TableSchema, TlsSettings,
 };
 use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
@@ -54,6 +54,8 @@ pub struct MySqlSourceConfig {
     /// origin store, instead of dropped as echo (a store feeding several
     /// pipelines); empty: every Callosum write is dropped.
     pub echo_origins: EchoOrigins,
+    /// `tls` and `tls_ca_file` of the store (binlog and catalog connections).
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for MySqlSourceConfig {
@@ -71,11 +73,24 @@ impl fmt::Debug for MySqlSourceConfig {
     }
 }
 
-/// Opens a plain SQL connection to the store.
+/// Opens a SQL connection to the store of `config` (encrypted as its `tls`
+/// says) for the agent's own queries.
+pub async fn connect_sql(config: &MySqlSourceConfig) -> Result<Conn, ConnectorError> {
+    open_sql(
+        &config.store,
+        &config.url,
+        config.password.as_deref(),
+        &config.tls,
+    )
+    .await
+}
+
+/// Opens a SQL connection to the store, encrypted as `tls` says.
 pub(crate) async fn open_sql(
     store: &str,
     url: &str,
     password: Option<&str>,
+    tls: &TlsSettings,
 ) -> Result<Conn, ConnectorError> {
     let opts = Opts::from_url(url).map_err(|_| {
         ConnectorError::new(
@@ -84,13 +99,13 @@ pub(crate) async fn open_sql(
         )
         .with_hint("expected mysql://user@host:port/database")
     })?;
-    let mut builder = OptsBuilder::from_opts(opts);
+    let mut builder = OptsBuilder::from_opts(opts).ssl_opts(crate::tls::ssl_opts(tls));
     if let Some(password) = password {
         builder = builder.pass(Some(password.to_string()));
     }
-    Conn::new(builder)
-        .await
-        .map_err(|e| source_error(e, store, "connecting"))
+    Conn::new(builder).await.map_err(|e| {
+        crate::tls::tls_failure(&e, store).unwrap_or_else(|| source_error(e, store, "connecting"))
+    })
 }
 
 /// [`classify`], plus what only a binlog reader meets: error 1236 (the
@@ -268,7 +283,7 @@ impl MySqlSource {
     ) -> Result<MySqlSource, ConnectorError> {
         let store = config.store.clone();
         let password = config.password.as_deref();
-        let mut sql = open_sql(&store, &config.url, password).await?;
+        let mut sql = open_sql(&store, &config.url, password, &config.tls).await?;
         let fail = |doing: &'static str| {
             let store = store.as_str();
             move |e| source_error(e, store, doing)
@@ -372,7 +387,7 @@ impl MySqlSource {
             }
         };
 
-        let mut dump = open_sql(&store, &config.url, password).await?;
+        let mut dump = open_sql(&store, &config.url, password, &config.tls).await?;
         dump.query_drop(format!(
             "SET @master_heartbeat_period = {}",
             HEARTBEAT_PERIOD.as_nanos()
@@ -713,6 +728,7 @@ mod tests {
     #[test]
     fn config_debug_hides_secrets() {
         let c = MySqlSourceConfig {
+            tls: Default::default(),
             store: "erp".into(),
             url: "mysql://u:secret@h/db".into(),
             password: Some("hunter2".into()),

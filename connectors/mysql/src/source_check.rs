@@ -24,7 +24,7 @@ use crate::source::{open_sql, source_error, MySqlSourceConfig};
 /// not seen and are reported as missing.
 pub async fn check_source(config: &MySqlSourceConfig) -> Result<Vec<CheckProblem>, ConnectorError> {
     let store = &config.store;
-    let mut conn = open_sql(store, &config.url, config.password.as_deref()).await?;
+    let mut conn = open_sql(store, &config.url, config.password.as_deref(), &config.tls).await?;
     let mut problems = Vec::new();
     let mut problem = |problem: String, fix: String| {
         problems.push(CheckProblem {

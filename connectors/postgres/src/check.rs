@@ -38,7 +38,7 @@ pub async fn check(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Connect
 pub async fn advice(config: &PgSourceConfig) -> Result<Vec<CheckAdvice>, ConnectorError> {
     let store = config.store.as_str();
     let pg_config = config.pg_config()?;
-    let Ok((sql, task)) = sql_connect(store, &pg_config).await else {
+    let Ok((sql, task)) = sql_connect(store, &pg_config, &config.tls).await else {
         return Ok(Vec::new());
     };
     let keep_size = sql
@@ -95,7 +95,7 @@ async fn check_inner(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Conne
         })
     };
     let pg_config = config.pg_config()?;
-    let (sql, task) = match sql_connect(store, &pg_config).await {
+    let (sql, task) = match sql_connect(store, &pg_config, &config.tls).await {
         Ok(c) => c,
         Err(err) => {
             let (what, fix) = connect_problem(err)?;
@@ -310,7 +310,7 @@ async fn check_inner(config: &PgSourceConfig) -> Result<Vec<CheckProblem>, Conne
     }
 
     // The replication connection itself.
-    match ReplicationClient::connect(&pg_config, None).await {
+    match ReplicationClient::connect(&pg_config, None, crate::tls::client_config(store, &config.tls)?).await {
         Ok(mut client) => {
             if let Err(err) = client.identify_system().await {
                 let err = from_replication(store, "IDENTIFY_SYSTEM", err);
@@ -357,6 +357,7 @@ mod tests {
             tables: Vec::new(),
             echo_origins: Default::default(),
             confirmed_means_applied,
+            tls: Default::default(),
         }
     }
 

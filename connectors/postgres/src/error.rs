@@ -111,6 +111,8 @@ pub fn from_replication(store: &str, context: &str, err: ReplicationError) -> Co
             ErrorKind::Permission,
             format!("postgres store `{store}`: authentication failed: {m}"),
         ),
+        ReplicationError::TlsRefused => crate::tls::tls_refused(store),
+        ReplicationError::Tls(e) => crate::tls::tls_failure(store, &e),
         e @ ReplicationError::Protocol(_) => ConnectorError::new(
             ErrorKind::Protocol,
             format!("postgres store `{store}`: {context} failed: {e}"),

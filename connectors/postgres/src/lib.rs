@@ -25,6 +25,7 @@ pub mod sink_convert;
 pub mod source;
 mod stream;
 pub mod text_value;
+mod tls;
 
 pub use check::{advice, check};
 pub use error::classify;

@@ -16,6 +16,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -47,6 +48,12 @@ pub enum ReplicationError {
     Auth(String),
     #[error("the server ended the replication stream")]
     StreamEnded,
+    /// The server answered the TLS request with `N`.
+    #[error("the server does not accept TLS connections")]
+    TlsRefused,
+    /// The TLS handshake failed (the certificate, the name, the protocol).
+    #[error("TLS handshake failed: {0}")]
+    Tls(rustls::Error),
 }
 
 /// An `ErrorResponse` from the server.
@@ -177,17 +184,55 @@ impl std::fmt::Debug for ReplicationClient {
     }
 }
 
+/// Asks the server for TLS (`SSLRequest`) and performs the handshake,
+/// checking the certificate against `host` as `tls` says.
+async fn start_tls(
+    mut stream: tokio::net::TcpStream,
+    host: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ReplicationError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(ReplicationError::TlsRefused);
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+        ReplicationError::Config(format!("`{host}` is not a host name TLS can check"))
+    })?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|err| {
+            match err
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => ReplicationError::Tls(tls.clone()),
+                None => ReplicationError::Io(err),
+            }
+        })
+}
+
 impl ReplicationClient {
     /// Connects and authenticates as the user of `config` to its database in
     /// `replication=database` mode. `password` overrides the password of
     /// `config`. Hosts are tried in order.
+    ///
+    /// With `tls`, a TCP connection is upgraded to TLS before the startup
+    /// message (`SSLRequest`); a server that answers `N` is
+    /// [`ReplicationError::TlsRefused`], never a plain connection. A Unix
+    /// socket stays plain, as with libpq.
     pub async fn connect(
         config: &tokio_postgres::Config,
         password: Option<&[u8]>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, ReplicationError> {
-        if config.get_ssl_mode() == SslMode::Require {
+        if config.get_ssl_mode() == SslMode::Require && tls.is_none() {
             return Err(ReplicationError::Config(
-                "sslmode=require is not supported by the replication connection yet".into(),
+                "sslmode=require in the url: set tls = \"require\" (or verify-ca, verify-full) in the store instead".into(),
             ));
         }
         let hosts = config.get_hosts();
@@ -204,7 +249,7 @@ impl ReplicationClient {
                 [p] => *p,
                 ps => ps.get(i).copied().unwrap_or(5432),
             };
-            let connect = Self::connect_one(config, password, host, port);
+            let connect = Self::connect_one(config, password, host, port, tls.clone());
             let result = match config.get_connect_timeout() {
                 Some(t) => tokio::time::timeout(*t, connect).await.unwrap_or_else(|_| {
                     Err(ReplicationError::Io(io::Error::new(
@@ -230,12 +275,16 @@ impl ReplicationClient {
         password: Option<&[u8]>,
         host: &Host,
         port: u16,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, ReplicationError> {
         let io: Box<dyn Io> = match host {
             Host::Tcp(name) => {
                 let stream = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
                 stream.set_nodelay(true)?;
-                Box::new(stream)
+                match tls {
+                    None => Box::new(stream),
+                    Some(tls) => Box::new(start_tls(stream, name, tls).await?),
+                }
             }
             Host::Unix(dir) => {
                 let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use callosum_api::{
     ConnectorError, EchoOrigins, ErrorKind, Lsn, Position, Source, SourceMessage, TableId,
-    CHECKPOINT_TABLE,
+    TlsSettings, CHECKPOINT_TABLE,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::error::{from_replication, from_sql};
 use crate::pgoutput::{self, Relation};
@@ -43,23 +43,29 @@ pub struct PgSourceConfig {
     /// only means the targets hold what lies between, and streaming starts
     /// at the slot. Otherwise (`"logged"`) that is a gap: `PositionLost`.
     pub confirmed_means_applied: bool,
+    /// `tls` and `tls_ca_file` of the store: both the catalog and the
+    /// replication connection use them.
+    pub tls: TlsSettings,
 }
 
 impl PgSourceConfig {
     /// The parsed url with [`Self::password`] applied. The error never
     /// repeats the url (it may hold a password).
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConnectorError> {
-        pg_config(&self.store, &self.url, self.password.as_deref())
+        pg_config(&self.store, &self.url, self.password.as_deref(), &self.tls)
     }
 }
 
-/// Parses a store's url and applies `password` (which overrides the url's)
-/// and the application name `callosum`. The error never repeats the url (it
-/// may hold a password). Shared by the source, the sink and their checks.
+/// Parses a store's url and applies `password` (which overrides the url's),
+/// the application name `callosum` and the TLS requirement of `tls` (the
+/// store's `tls` decides, not an `sslmode` of the url). The error never
+/// repeats the url (it may hold a password). Shared by the source, the sink
+/// and their checks.
 pub(crate) fn pg_config(
     store: &str,
     url: &str,
     password: Option<&str>,
+    tls: &TlsSettings,
 ) -> Result<tokio_postgres::Config, ConnectorError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
         ConnectorError::new(
@@ -76,6 +82,11 @@ pub(crate) fn pg_config(
     if config.get_application_name().is_none() {
         config.application_name("callosum");
     }
+    config.ssl_mode(if tls.enabled() {
+        tokio_postgres::config::SslMode::Require
+    } else {
+        tokio_postgres::config::SslMode::Disable
+    });
     Ok(config)
 }
 
@@ -132,23 +143,24 @@ impl Drop for PgSource {
     }
 }
 
-/// Connects a tokio-postgres client for catalog queries and spawns its
-/// connection task.
+/// Connects a tokio-postgres client to the store of `config` (encrypted as
+/// its `tls` says) for the agent's own queries; the connection runs in the
+/// returned task (which ends when the client is dropped).
+pub async fn connect_sql(
+    config: &PgSourceConfig,
+) -> Result<(tokio_postgres::Client, JoinHandle<()>), ConnectorError> {
+    sql_connect(&config.store, &config.pg_config()?, &config.tls).await
+}
+
+/// Connects a tokio-postgres client for catalog queries (encrypted as `tls`
+/// says) and spawns its connection task.
 pub(crate) async fn sql_connect(
     store: &str,
     config: &tokio_postgres::Config,
+    tls: &TlsSettings,
 ) -> Result<(tokio_postgres::Client, JoinHandle<()>), ConnectorError> {
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| from_sql(store, "connect", e))?;
-    let store = store.to_string();
-    let task = tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            warn!(store = %store, error = %err, "postgres catalog connection failed");
-        }
-    });
-    Ok((client, task))
+    let connected = crate::tls::connect(store, config, tls, "connect").await?;
+    Ok((connected.client, connected.task))
 }
 
 /// `"schema"."table"`.
@@ -253,7 +265,7 @@ impl PgSource {
             }
         };
         let pg_config = config.pg_config()?;
-        let (sql, sql_task) = sql_connect(&store, &pg_config).await?;
+        let (sql, sql_task) = sql_connect(&store, &pg_config, &config.tls).await?;
         let guard = AbortOnDrop(Some(sql_task));
 
         let missing = missing_tables(&store, &sql, &config.tables).await?;
@@ -271,9 +283,13 @@ impl PgSource {
         ensure_publication(&store, &sql, &config.publication, &config.tables).await?;
 
         let slot = slot_info(&store, &sql, &config.slot).await?;
-        let mut repl = ReplicationClient::connect(&pg_config, None)
-            .await
-            .map_err(|e| from_replication(&store, "open replication connection", e))?;
+        let mut repl = ReplicationClient::connect(
+            &pg_config,
+            None,
+            crate::tls::client_config(&store, &config.tls)?,
+        )
+        .await
+        .map_err(|e| from_replication(&store, "open replication connection", e))?;
         let identity = repl
             .identify_system()
             .await

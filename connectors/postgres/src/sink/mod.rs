@@ -32,8 +32,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use callosum_api::batch::{plan_with, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
-    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, Value,
-    CHECKPOINT_TABLE,
+    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, TlsSettings,
+    Value, CHECKPOINT_TABLE,
 };
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
@@ -77,6 +77,8 @@ pub struct PgSinkConfig {
     pub pipeline: String,
     /// `(source table, target schema.table)` pairs.
     pub tables: Vec<(TableId, TableId)>,
+    /// `tls` and `tls_ca_file` of the store.
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for PgSinkConfig {
@@ -290,17 +292,9 @@ pub(crate) async fn open(
     config: &PgSinkConfig,
 ) -> Result<(Client, ConnectionTask), ConnectorError> {
     let store = &config.store;
-    let pg = pg_config(store, &config.url, config.password.as_deref())?;
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| from_sql_without_values(store, "connect", e))?;
-    let store_name = store.clone();
-    let task = ConnectionTask(tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            warn!(store = %store_name, error = %err, "postgres sink connection failed");
-        }
-    }));
+    let pg = pg_config(store, &config.url, config.password.as_deref(), &config.tls)?;
+    let connected = crate::tls::connect(store, &pg, &config.tls, "connect").await?;
+    let (client, task) = (connected.client, ConnectionTask(connected.task));
     client
         .batch_execute("SET TIME ZONE 'UTC'; SET standard_conforming_strings = on")
         .await
@@ -1134,6 +1128,7 @@ mod tests {
     #[test]
     fn config_debug_hides_secrets() {
         let config = PgSinkConfig {
+            tls: Default::default(),
             store: "crm".into(),
             url: "postgres://u:pw@h/db".into(),
             password: Some("secret".into()),
