@@ -13,6 +13,12 @@
 //!
 //! The `/dlq` routes are in [`crate::dead_letter::api`]; unknown pipelines
 //! and entries answer `404`, bad parameters `400`, all with a text reason.
+//! They are the admin routes: with an admin token (`[http] token_env` or
+//! `token_file`) each needs `Authorization: Bearer <token>` (`401` without,
+//! `403` with another; compared in constant time, refusals logged without
+//! the token); without one the config allows only a loopback `listen`.
+//! `/metrics`, `/healthz`, `/readyz` and `/status` (no row values) stay
+//! open for scrapers.
 //!
 //! [`AgentStatus`] is the shared state the pipelines update and `/status`
 //! and `/readyz` read; `callosum status` fetches `/status` and deserializes
@@ -24,6 +30,7 @@
 //! [`ReplayReport`]: crate::dead_letter::ReplayReport
 //! [`DiscardReport`]: crate::dead_letter::DiscardReport
 
+use crate::config::Secret;
 use crate::dead_letter::DeadLetterControl;
 use crate::metrics::Metrics;
 use axum::extract::State;
@@ -275,21 +282,76 @@ struct AppState {
     status: Arc<AgentStatus>,
 }
 
+/// The admin token the admin routes require, if any.
+pub type AdminToken = Option<Arc<Secret>>;
+
 /// The endpoint's routes, for [`serve`] or for embedding in another server:
-/// the agent's own and the `/dlq` routes of
-/// [`crate::dead_letter::api::routes`].
+/// the agent's own, open, and the admin routes of
+/// [`crate::dead_letter::api::routes`] behind `admin_token`.
 pub fn router(
     metrics: Arc<Metrics>,
     status: Arc<AgentStatus>,
     dead_letters: DeadLetterControl,
+    admin_token: AdminToken,
 ) -> Router {
+    let admin = crate::dead_letter::api::routes(dead_letters).route_layer(
+        axum::middleware::from_fn_with_state(admin_token, require_admin_token),
+    );
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_healthz))
         .route("/readyz", get(get_readyz))
         .route("/status", get(get_status))
         .with_state(AppState { metrics, status })
-        .merge(crate::dead_letter::api::routes(dead_letters))
+        .merge(admin)
+}
+
+/// Lets an admin request through when no token is configured, or when it
+/// carries `Authorization: Bearer <token>` (compared in constant time);
+/// `401` without a credential, `403` with another one. A refusal is logged
+/// with the method and path, never with what was sent.
+async fn require_admin_token(
+    State(token): State<AdminToken>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refused = |status: StatusCode, reason: &'static str| {
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            reason,
+            "admin request refused"
+        );
+        let mut response = (status, format!("{reason}: send `Authorization: Bearer <token>` with the token of [http] token_file or token_env (callosum dlq does, with the same config)\n")).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"callosum\""),
+            );
+        }
+        response
+    };
+    match presented {
+        None => refused(StatusCode::UNAUTHORIZED, "no admin credential"),
+        Some(p)
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                p.as_bytes(),
+                token.expose().as_bytes(),
+            )) =>
+        {
+            next.run(request).await
+        }
+        Some(_) => refused(StatusCode::FORBIDDEN, "wrong admin credential"),
+    }
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes, then
@@ -299,12 +361,13 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     status: Arc<AgentStatus>,
     dead_letters: DeadLetterControl,
+    admin_token: AdminToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http endpoint listening");
     }
-    axum::serve(listener, router(metrics, status, dead_letters))
+    axum::serve(listener, router(metrics, status, dead_letters, admin_token))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -350,6 +413,37 @@ pub(crate) struct RawReply {
     pub(crate) body: Vec<u8>,
 }
 
+/// Where a client reaches a running agent: its `[http] listen`, and the
+/// admin token it sends to the admin routes (`None`: none configured).
+#[derive(Clone, Debug)]
+pub struct AgentEndpoint {
+    pub listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+}
+
+impl From<SocketAddr> for AgentEndpoint {
+    fn from(listen: SocketAddr) -> Self {
+        AgentEndpoint {
+            listen,
+            admin_token: None,
+        }
+    }
+}
+
+impl AgentEndpoint {
+    /// The agent of `config`, with its admin token.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        Ok(AgentEndpoint {
+            listen: config.http.listen,
+            admin_token: config
+                .http
+                .admin_token()
+                .context("cannot read the admin token of [http]")?,
+        })
+    }
+}
+
 /// Fetches `/status` from the agent listening on `listen` (`[http] listen`;
 /// an unspecified address such as `0.0.0.0` is reached on loopback).
 pub async fn fetch_status(listen: SocketAddr) -> Result<StatusReport, FetchStatusError> {
@@ -374,14 +468,16 @@ pub(crate) fn agent_addr(listen: SocketAddr) -> SocketAddr {
 /// the answer in errors. Waits up to `timeout` for the whole exchange. An
 /// answer other than 2xx is [`AgentRequestError::Status`] with its body.
 pub(crate) async fn request_json<T: DeserializeOwned>(
-    listen: SocketAddr,
+    agent: impl Into<AgentEndpoint>,
     method: &str,
     path: &str,
     timeout: Duration,
     what: &str,
 ) -> Result<T, AgentRequestError> {
-    let addr = agent_addr(listen);
-    let reply = tokio::time::timeout(timeout, http_request(addr, method, path))
+    let agent = agent.into();
+    let addr = agent_addr(agent.listen);
+    let request = http_request_with(addr, method, path, agent.admin_token.as_ref());
+    let reply = tokio::time::timeout(timeout, request)
         .await
         .map_err(|_| AgentRequestError::Timeout { addr, timeout })??;
     if !(200..300).contains(&reply.status) {
@@ -405,17 +501,22 @@ pub(crate) async fn request_json<T: DeserializeOwned>(
 
 /// A minimal HTTP/1.1 request without a body and with `Connection: close`:
 /// enough for the agent's own endpoint without an HTTP client dependency.
-/// `path` must already be percent-encoded.
-pub(crate) async fn http_request(
+/// `path` must already be percent-encoded. With `admin_token`, it is sent
+/// as `Authorization: Bearer <token>`.
+pub(crate) async fn http_request_with(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    admin_token: Option<&Secret>,
 ) -> Result<RawReply, AgentRequestError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|error| AgentRequestError::Connect { addr, error })?;
+    let authorization = admin_token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let io_err = |error| AgentRequestError::Io { addr, error };
     stream.write_all(request.as_bytes()).await.map_err(io_err)?;
@@ -576,7 +677,7 @@ mod tests {
     }
 
     async fn get(addr: SocketAddr, path: &str) -> Reply {
-        let raw = http_request(addr, "GET", path).await.unwrap();
+        let raw = http_request_with(addr, "GET", path, None).await.unwrap();
         Reply {
             status: raw.status,
             headers: raw.head,
@@ -601,6 +702,7 @@ mod tests {
             metrics.clone(),
             status.clone(),
             DeadLetterControl::new(),
+            None,
             async {
                 let _ = stopped.await;
             },

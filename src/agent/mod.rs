@@ -135,6 +135,11 @@ impl Agent {
             );
             commands.insert(pipeline.name.clone(), receiver);
         }
+        let admin_token = config
+            .http
+            .admin_token()
+            .context("cannot read the admin token of [http]")?
+            .map(Arc::new);
         {
             let metrics = metrics.clone();
             let status = status.clone();
@@ -145,8 +150,15 @@ impl Agent {
                 "http listener",
                 async move {
                     let shutdown = async move { crate::shutdown::requested(&mut stop).await };
-                    if let Err(err) =
-                        crate::http::serve(listener, metrics, status, dead_letters, shutdown).await
+                    if let Err(err) = crate::http::serve(
+                        listener,
+                        metrics,
+                        status,
+                        dead_letters,
+                        admin_token,
+                        shutdown,
+                    )
+                    .await
                     {
                         error!(error = %err, "http listener failed");
                     }

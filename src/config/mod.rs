@@ -98,6 +98,14 @@ pub enum ConfigError {
         error: std::io::Error,
     },
 
+    /// `[http] token_env` names an environment variable that is not set.
+    #[error("environment variable {var} named by [http] token_env is not set (or is not valid unicode); export it before starting callosum or use token_file")]
+    TokenEnv { var: String },
+
+    /// `[http] token_file` could not be read, or is empty.
+    #[error("cannot read [http] token_file {}: {reason}", path.display())]
+    TokenFile { path: PathBuf, reason: String },
+
     /// `password_file` is empty (after trimming whitespace).
     #[error("password_file {} is empty; write the password into it", path.display())]
     EmptyPasswordFile { path: PathBuf },
@@ -163,10 +171,25 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address to listen on; default `127.0.0.1:9464` (local only: the
-    /// endpoint has no authentication).
+    /// Address to listen on; default `127.0.0.1:9464`. Off loopback, the
+    /// admin routes need a token (`token_env` or `token_file`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Environment variable holding the admin token: the `/dlq` routes
+    /// (row values, replay, discard) then need `Authorization: Bearer
+    /// <token>`, and `callosum dlq` sends it.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding the admin token (surrounding whitespace trimmed).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The admin token, if one is configured. Never logged.
+    pub fn admin_token(&self) -> Result<Option<Secret>, ConfigError> {
+        secret::resolve_token(&self.token_env, &self.token_file)
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -177,6 +200,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            token_env: None,
+            token_file: None,
         }
     }
 }
@@ -199,6 +224,36 @@ impl Config {
     /// Checks what the TOML types cannot: references between stores and
     /// pipelines, names, URL schemes, exclusive keys and ranges. Returns
     /// every problem found, not just the first ([`ConfigError::Invalid`]).
+    /// `[http]`: one source of the token; a listener other hosts can reach
+    /// only with a token, because the `/dlq` routes show customer rows and
+    /// change the queue.
+    fn validate_http(&self, problems: &mut Problems) {
+        let http = &self.http;
+        if http.token_env.is_some() && http.token_file.is_some() {
+            problems.push("http", "sets both token_env and token_file; keep one");
+        }
+        if http
+            .token_env
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            problems.push(
+                "http.token_env",
+                "is empty; name the environment variable that holds the admin token",
+            );
+        }
+        let tokenless = http.token_env.is_none() && http.token_file.is_none();
+        if tokenless && !http.listen.ip().is_loopback() {
+            problems.push(
+                "http.listen",
+                format!(
+                    "{} is reachable from other hosts, and /dlq shows customer rows and replays or discards dead letters: set token_file (or token_env) in [http] so that those routes need `Authorization: Bearer <token>`, or listen on 127.0.0.1 (/metrics, /healthz, /readyz and /status stay open either way)",
+                    http.listen
+                ),
+            );
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Problems::default();
         if self.data_dir.as_os_str().is_empty() {
@@ -213,6 +268,7 @@ impl Config {
         for (name, store) in &self.stores {
             validate_store(name, store, &mut problems);
         }
+        self.validate_http(&mut problems);
         if self.pipelines.is_empty() {
             problems.push(
                 "pipelines",

@@ -104,3 +104,32 @@ pub(super) fn resolve_password(
     }
     url_password(url)
 }
+
+/// The admin token of `[http]`: from `token_env`, else `token_file`
+/// (trimmed, not empty), else none.
+pub(super) fn resolve_token(
+    token_env: &Option<String>,
+    token_file: &Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Some(var) = token_env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
+            _ => Err(ConfigError::TokenEnv { var: var.clone() }),
+        };
+    }
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::TokenFile {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError::TokenFile {
+                path: path.clone(),
+                reason: "it is empty; write the token into it".into(),
+            });
+        }
+        return Ok(Some(Secret::new(token)));
+    }
+    Ok(None)
+}

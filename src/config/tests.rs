@@ -696,3 +696,40 @@ fn tls_is_chosen_per_store_and_checked() {
     ));
     assert_problem(&config, "stores.crm.url", "tls");
 }
+
+#[test]
+fn the_admin_token_comes_from_one_place_and_guards_a_listener_beyond_loopback() {
+    let with_http = |http: &str| {
+        base("").replace(
+            "data_dir = \"/tmp/callosum\"\n",
+            &format!("data_dir = \"/tmp/callosum\"\n\n[http]\n{http}\n"),
+        )
+    };
+    assert!(Config::from_toml(&with_http("listen = \"127.0.0.1:9464\"")).is_ok());
+    let config = parse_only(&with_http("listen = \"0.0.0.0:9464\""));
+    assert_problem(&config, "http.listen", "token_file");
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "  t0ken \n").unwrap();
+    let config = Config::from_toml(&with_http(&format!(
+        "listen = \"0.0.0.0:9464\"\ntoken_file = \"{}\"",
+        token.path().display()
+    )))
+    .unwrap();
+    assert_eq!(
+        config.http.admin_token().unwrap().unwrap().expose(),
+        "t0ken"
+    );
+    let config = parse_only(&with_http(&format!(
+        "token_env = \"X\"\ntoken_file = \"{}\"",
+        token.path().display()
+    )));
+    assert_problem(&config, "http", "keep one");
+    std::fs::write(token.path(), "\n").unwrap();
+    let config = Config::from_toml(&with_http(&format!(
+        "token_file = \"{}\"",
+        token.path().display()
+    )))
+    .unwrap();
+    let err = config.http.admin_token().unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+}

@@ -34,7 +34,7 @@ use super::{
     ReplayReport,
 };
 use crate::config::Config;
-use crate::http::{request_json, AgentRequestError, FETCH_TIMEOUT};
+use crate::http::{request_json, AgentEndpoint, AgentRequestError, FETCH_TIMEOUT};
 use crate::log::{DeadLetter, DeadLetters, LogError};
 
 /// Events `GET /dlq/{pipeline}/{id}` returns when `limit` is not given.
@@ -619,7 +619,7 @@ fn pipeline_path(pipeline: &str) -> Result<String, AgentRequestError> {
 
 /// `GET /dlq`: the dead letters of every pipeline, or of `pipeline`.
 pub async fn fetch_dead_letters(
-    listen: SocketAddr,
+    listen: impl Into<AgentEndpoint>,
     pipeline: Option<&str>,
 ) -> Result<DeadLetterList, AgentRequestError> {
     let path = match pipeline {
@@ -632,7 +632,7 @@ pub async fn fetch_dead_letters(
 /// `GET /dlq/{pipeline}/{id}`: dead letter `id` and up to `limit` of its
 /// events from `offset` (0-based) on.
 pub async fn fetch_dead_letter(
-    listen: SocketAddr,
+    listen: impl Into<AgentEndpoint>,
     pipeline: &str,
     id: u64,
     offset: u64,
@@ -648,7 +648,7 @@ pub async fn fetch_dead_letter(
 /// `POST /dlq/{pipeline}/replay`: applies the queue oldest first, through
 /// entry `through` (all when `None`). Waits up to [`CHANGE_TIMEOUT`].
 pub async fn replay_dead_letters(
-    listen: SocketAddr,
+    listen: impl Into<AgentEndpoint>,
     pipeline: &str,
     through: Option<u64>,
 ) -> Result<ReplayReport, AgentRequestError> {
@@ -662,7 +662,7 @@ pub async fn replay_dead_letters(
 /// `POST /dlq/{pipeline}/discard`: drops `which` without applying it.
 /// Waits up to [`CHANGE_TIMEOUT`].
 pub async fn discard_dead_letters(
-    listen: SocketAddr,
+    listen: impl Into<AgentEndpoint>,
     pipeline: &str,
     which: DiscardSelection,
 ) -> Result<DiscardReport, AgentRequestError> {
@@ -698,8 +698,9 @@ fn agent_error(listen: SocketAddr, err: AgentRequestError) -> anyhow::Error {
 
 /// `callosum dlq list`.
 pub async fn print_dead_letters(config: &Config, pipeline: Option<&str>) -> anyhow::Result<()> {
-    let listen = config.http.listen;
-    let list = fetch_dead_letters(listen, pipeline)
+    let agent = AgentEndpoint::from_config(config)?;
+    let listen = agent.listen;
+    let list = fetch_dead_letters(agent, pipeline)
         .await
         .map_err(|err| agent_error(listen, err))?;
     print!("{}", format_dead_letter_list(&list));
@@ -714,8 +715,9 @@ pub async fn print_dead_letter(
     offset: u64,
     limit: u64,
 ) -> anyhow::Result<()> {
-    let listen = config.http.listen;
-    let detail = fetch_dead_letter(listen, pipeline, id, offset, limit)
+    let agent = AgentEndpoint::from_config(config)?;
+    let listen = agent.listen;
+    let detail = fetch_dead_letter(agent, pipeline, id, offset, limit)
         .await
         .map_err(|err| agent_error(listen, err))?;
     print!("{}", format_dead_letter_detail(&detail));
@@ -729,8 +731,9 @@ pub async fn print_replay(
     pipeline: &str,
     through: Option<u64>,
 ) -> anyhow::Result<bool> {
-    let listen = config.http.listen;
-    let report = replay_dead_letters(listen, pipeline, through)
+    let agent = AgentEndpoint::from_config(config)?;
+    let listen = agent.listen;
+    let report = replay_dead_letters(agent, pipeline, through)
         .await
         .map_err(|err| agent_error(listen, err))?;
     print!("{}", format_replay_report(pipeline, &report));
@@ -743,8 +746,9 @@ pub async fn print_discard(
     pipeline: &str,
     which: DiscardSelection,
 ) -> anyhow::Result<()> {
-    let listen = config.http.listen;
-    let report = discard_dead_letters(listen, pipeline, which)
+    let agent = AgentEndpoint::from_config(config)?;
+    let listen = agent.listen;
+    let report = discard_dead_letters(agent, pipeline, which)
         .await
         .map_err(|err| agent_error(listen, err))?;
     print!("{}", format_discard_report(pipeline, &report));
@@ -969,7 +973,7 @@ pub fn format_discard_report(pipeline: &str, report: &DiscardReport) -> String {
 mod tests {
     use super::*;
     use crate::dead_letter::ReplayFailure;
-    use crate::http::{http_request, AgentStatus};
+    use crate::http::{http_request_with, AgentStatus};
     use crate::log::{ChangeLog, DeadLetterReason};
     use crate::metrics::Metrics;
     use callosum_api::{ColumnSchema, Lsn, Position, TableId, TransactionMeta};
@@ -1128,8 +1132,12 @@ mod tests {
 
     /// Stands in for `p`'s apply worker: answers each command from its
     /// parameters, so the tests see what was forwarded.
-    async fn worker_stub(mut commands: mpsc::Receiver<DeadLetterCommand>) {
+    async fn worker_stub(
+        mut commands: mpsc::Receiver<DeadLetterCommand>,
+        forwarded: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         while let Some(command) = commands.recv().await {
+            forwarded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match command {
                 DeadLetterCommand::Replay {
                     through: Some(99),
@@ -1181,16 +1189,24 @@ mod tests {
 
     struct Server {
         addr: SocketAddr,
+        /// Commands that reached `p`'s worker.
+        forwarded: Arc<std::sync::atomic::AtomicUsize>,
         _dir: tempfile::TempDir,
     }
 
     /// Serves the agent's router (with `/dlq` merged) over pipelines `p`
     /// (answered by [`worker_stub`]) and `q` (its worker is gone).
     async fn start() -> Server {
+        start_with(None).await
+    }
+
+    /// [`start`] with the admin routes behind `admin_token`.
+    async fn start_with(admin_token: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let (p, q) = queues(dir.path()).await;
         let (p_commands, p_receiver) = mpsc::channel(8);
-        tokio::spawn(worker_stub(p_receiver));
+        let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(worker_stub(p_receiver, forwarded.clone()));
         let (q_commands, q_receiver) = mpsc::channel(8);
         drop(q_receiver);
         let mut control = DeadLetterControl::new();
@@ -1214,9 +1230,14 @@ mod tests {
             Arc::new(Metrics::new()),
             Arc::new(AgentStatus::new()),
             control,
+            admin_token.map(|t| Arc::new(crate::config::Secret::new(t))),
         );
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Server { addr, _dir: dir }
+        Server {
+            addr,
+            forwarded,
+            _dir: dir,
+        }
     }
 
     /// The status and body of `err`, which must be an HTTP answer.
@@ -1228,8 +1249,69 @@ mod tests {
     }
 
     async fn raw(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-        let reply = http_request(addr, method, path).await.unwrap();
+        raw_with(addr, method, path, None).await
+    }
+
+    async fn raw_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let token = token.map(crate::config::Secret::new);
+        let reply = http_request_with(addr, method, path, token.as_ref())
+            .await
+            .unwrap();
         (reply.status, String::from_utf8(reply.body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn with_an_admin_token_every_admin_route_refuses_without_it_and_changes_nothing() {
+        let server = start_with(Some("s3cret-token")).await;
+        let protected = [
+            ("GET", "/dlq"),
+            ("GET", "/dlq?pipeline=p"),
+            ("GET", "/dlq/p/1"),
+            ("POST", "/dlq/p/replay"),
+            ("POST", "/dlq/p/replay?through=1"),
+            ("POST", "/dlq/p/discard?id=1"),
+            ("POST", "/dlq/p/discard?all=true"),
+        ];
+        for (method, path) in protected {
+            let (status, body) = raw_with(server.addr, method, path, None).await;
+            assert_eq!(status, 401, "{method} {path}: {body}");
+            assert!(body.contains("Authorization: Bearer"), "{body}");
+            let (status, _) = raw_with(server.addr, method, path, Some("guess")).await;
+            assert_eq!(status, 403, "{method} {path}");
+            let (status, _) = raw_with(server.addr, method, path, Some("s3cret-token-")).await;
+            assert_eq!(
+                status, 403,
+                "{method} {path}: a longer token is another token"
+            );
+        }
+        assert_eq!(
+            server.forwarded.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no refused request reached the apply worker"
+        );
+        // the stored queue is unchanged and readable with the token
+        let agent = AgentEndpoint {
+            listen: server.addr,
+            admin_token: Some(crate::config::Secret::new("s3cret-token")),
+        };
+        let list = fetch_dead_letters(agent.clone(), None).await.unwrap();
+        assert_eq!(list.pipelines["p"].len(), 2);
+        let report = replay_dead_letters(agent, "p", Some(1)).await.unwrap();
+        assert_eq!(report.replayed, [1]);
+        assert_eq!(
+            server.forwarded.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        // the scrapers' routes stay open
+        for path in ["/metrics", "/healthz", "/status"] {
+            let (status, _) = raw_with(server.addr, "GET", path, None).await;
+            assert_eq!(status, 200, "{path}");
+        }
     }
 
     #[tokio::test]
