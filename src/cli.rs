@@ -4,7 +4,7 @@ use clap::{ArgGroup, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::dead_letter::api as dlq;
 use crate::dead_letter::DiscardSelection;
 
@@ -110,7 +110,15 @@ pub fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info,tokio_postgres=warn,mysql_async=warn,sled=warn",
     };
-    init_tracing(default_filter);
+    // the agent logs as its config says; a config that does not load is
+    // reported (in text) below
+    let log_format = match &cli.command {
+        Command::Run { config } => Config::load(config)
+            .map(|c| c.log_format)
+            .unwrap_or_default(),
+        _ => LogFormat::Text,
+    };
+    init_tracing(default_filter, log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,19 +217,30 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_tracing(default_filter: &str) {
+fn init_tracing(default_filter: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("CALLOSUM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // colours only for a person at a terminal: a log file or journald gets
-    // plain text (and NO_COLOR turns them off anywhere)
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // one JSON object per line, with the span fields (`pipeline`,
+        // `store`) of every enclosing span, for log shippers
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+        // colours only for a person at a terminal: a log file or journald
+        // gets plain text (and NO_COLOR turns them off anywhere)
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .try_init(),
+    };
     crate::panics::install_hook();
 }
 

@@ -165,6 +165,33 @@ pub struct Config {
     /// Pipelines (`[[pipelines]]`), each from one store to another.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// `log_format`: how `callosum run` writes its log; default `text`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: lines for people (`text`, colour only at a terminal) or
+/// one JSON object per line with the fields of its spans (`json`), for log
+/// shippers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    /// By hand, so that a wrong value names the key.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid value {other:?} for key `log_format`: expected \"text\" or \"json\""
+            ))),
+        }
+    }
 }
 
 /// `[http]`: where `/metrics`, `/healthz`, `/readyz` and `/status` are served.

@@ -733,3 +733,18 @@ fn the_admin_token_comes_from_one_place_and_guards_a_listener_beyond_loopback() 
     let err = config.http.admin_token().unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(
+        Config::from_toml(&base("")).unwrap().log_format,
+        LogFormat::Text
+    );
+    let json = format!("log_format = \"json\"\n{}", base(""));
+    assert_eq!(
+        Config::from_toml(&json).unwrap().log_format,
+        LogFormat::Json
+    );
+    let (message, _) = parse_error(&format!("log_format = \"yaml\"\n{}", base("")));
+    assert!(message.contains("key `log_format`"), "{message}");
+}
