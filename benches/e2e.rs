@@ -55,6 +55,11 @@ struct Opts {
     latency_seconds: u64,
 }
 
+/// `--acknowledge applied|logged`: the `acknowledge` of every PostgreSQL
+/// source store (unset: the agent's default, `applied`), to measure what
+/// acknowledging only after apply costs.
+static ACKNOWLEDGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl Opts {
     fn parse() -> Opts {
         let mut o = Opts {
@@ -69,6 +74,14 @@ impl Opts {
                 "--quick" => o.quick = true,
                 "--no-build" => o.build = false,
                 "--only" => o.only.extend(args.next()),
+                "--acknowledge" => {
+                    let rule = args.next().unwrap_or_default();
+                    assert!(
+                        rule == "applied" || rule == "logged",
+                        "--acknowledge takes applied or logged"
+                    );
+                    let _ = ACKNOWLEDGE.set(rule);
+                }
                 "--latency-seconds" => {
                     o.latency_seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(0)
                 }
@@ -597,8 +610,12 @@ impl Pipeline {
         let store = |name: &str, engine: Engine, url: &str, source: bool| {
             match engine {
             Engine::Pg if source => format!(
-                "[stores.{name}]\nkind = \"postgres\"\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n",
-                slot = self.slot
+                "[stores.{name}]\nkind = \"postgres\"\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n{acknowledge}",
+                slot = self.slot,
+                acknowledge = ACKNOWLEDGE
+                    .get()
+                    .map(|rule| format!("acknowledge = \"{rule}\"\n"))
+                    .unwrap_or_default()
             ),
             Engine::Pg => format!("[stores.{name}]\nkind = \"postgres\"\nurl = \"{url}\"\n"),
             Engine::My => format!(
