@@ -12,6 +12,7 @@ pub mod batch;
 mod error;
 pub mod mapping;
 mod position;
+pub mod table_map;
 mod tls;
 mod value;
 
