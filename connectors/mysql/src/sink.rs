@@ -98,9 +98,10 @@ pub(crate) struct TargetTable {
     pub primary_key: Vec<usize>,
     /// Unique keys besides the primary key, indexes into `columns`.
     pub unique_keys: Vec<Vec<usize>>,
-    /// Per primary-key column: the `_bin` collation to compare it under
-    /// when its own collation merges case or accents (`Bob` = `bob`), so
-    /// a delete or key update touches only the source's row.
+    /// Per column (`None` for most): for a column of the primary key or a
+    /// unique key whose collation merges case or accents (`Bob` = `bob`),
+    /// the `_bin` collation to compare it under, so a delete or key update
+    /// touches only the source's row.
     pub key_collations: Vec<Option<String>>,
 }
 
@@ -164,12 +165,12 @@ pub(crate) async fn read_table(
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
     let unique_keys = keys::read_unique_keys(conn, store, table, &names).await?;
     let insensitive = keys::insensitive_key_columns(conn, store, table).await?;
-    let key_collations = primary_key
+    let key_collations = columns
         .iter()
-        .map(|&k| {
+        .map(|column| {
             insensitive
                 .iter()
-                .find(|c| c.name == columns[k].name)
+                .find(|c| c.name == column.name)
                 .map(|c| keys::binary_collation(&c.collation))
         })
         .collect();
@@ -478,7 +479,7 @@ impl MySqlSink {
             )
         })?;
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+        ColumnMap::new(schema, &names, &table.primary_key, &table.unique_keys).map_err(|m| match m {
             Mismatch::MissingColumn(s) => {
                 let column = &schema.columns[s].name;
                 ConnectorError::new(
@@ -490,15 +491,22 @@ impl MySqlSink {
                 )
                 .with_hint(format!("add column `{column}` to `{}`", table.id))
             }
-            Mismatch::KeyNotInSource(k) => ConnectorError::new(
-                ErrorKind::Schema,
-                format!(
-                    "primary key column `{}` of target table `{}` in store `{store}` \
-                     is not a key column of source table `{source}`",
-                    table.columns[k].name, table.id
-                ),
-            )
-            .with_hint("make the target's primary key the source table's key"),
+            Mismatch::KeyNotUnique(k) => {
+                let key = key_names(schema);
+                ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "the key of `{source}` ({key}) is neither the primary key of target table `{}` \
+                         in store `{store}` (primary key column `{}` is not a key column of the source) \
+                         nor a unique key of it",
+                        table.id, table.columns[k].name
+                    ),
+                )
+                .with_hint(format!(
+                    "make the target's primary key the source table's key, or add a unique index on ({key}) to `{}`",
+                    table.id
+                ))
+            }
         })
     }
 
@@ -552,6 +560,16 @@ impl MySqlSink {
     }
 }
 
+/// `` `a`, `b` ``: the key columns of `schema`, for messages.
+fn key_names(schema: &TableSchema) -> String {
+    schema
+        .key_indexes()
+        .iter()
+        .map(|&i| format!("`{}`", schema.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The guard of an upsert's `ON DUPLICATE KEY UPDATE` ([`push_key_guard`])
 /// refused the row it matched.
 fn is_key_guard(err: &mysql_async::ServerError, table: &TargetTable) -> bool {
@@ -580,17 +598,18 @@ fn key_collision(store: &str, table: &TargetTable) -> ConnectorError {
 }
 
 /// The first assignment of every upsert's `ON DUPLICATE KEY UPDATE`: the
-/// row the insert collided with must be the row with the inserted primary
-/// key, byte for byte. Otherwise (a unique key matched another row, or a
+/// row the insert collided with must be the row with the inserted key (the
+/// map's: the primary key, or the unique key holding the source's key),
+/// byte for byte. Otherwise (a unique key matched another row, or a
 /// `_ci` primary key matched `Bob` for `bob`) it sets the NOT NULL key to
 /// NULL, which fails with error 1048 in the strict session instead of
 /// overwriting that row. Assignments see the row's values before the
 /// update, so it must come first.
-fn push_key_guard(sql: &mut String, table: &TargetTable) {
+fn push_key_guard(sql: &mut String, table: &TargetTable, map: &ColumnMap) {
     let first = &table.columns[table.primary_key[0]].name;
     push_ident(sql, first);
     sql.push_str("=IF(");
-    for (n, &k) in table.primary_key.iter().enumerate() {
+    for (n, &k) in map.key_targets.iter().enumerate() {
         if n > 0 {
             sql.push_str(" AND ");
         }
@@ -671,7 +690,10 @@ fn build_statement(
             sql.push_str("DELETE FROM ");
             push_table(sql, &table.id);
             sql.push_str(" WHERE ");
-            let exact = table.key_collations.iter().any(Option::is_some);
+            let exact = map
+                .key_targets
+                .iter()
+                .any(|&t| table.key_collations[t].is_some());
             if exact {
                 sql.push('(');
             }
@@ -723,10 +745,10 @@ fn build_statement(
                 i += 1;
             }
             sql.push_str(" ON DUPLICATE KEY UPDATE ");
-            push_key_guard(sql, table);
+            push_key_guard(sql, table, map);
             for (s, _) in present.iter().enumerate().filter(|(_, p)| **p) {
                 let t = map.target[s];
-                if table.primary_key.contains(&t) {
+                if table.primary_key.contains(&t) || map.key_targets.contains(&t) {
                     continue;
                 }
                 sql.push(',');
@@ -759,7 +781,7 @@ fn build_statement(
                 push_ident(sql, &table.columns[map.target[s]].name);
                 sql.push('=');
                 write_value(sql, &old_key[s], store, table, map.target[s], schema, s)?;
-                if let Some(Some(collation)) = table.key_collations.get(n) {
+                if let Some(collation) = &table.key_collations[map.key_targets[n]] {
                     // only the byte-equal row of those the index finds
                     sql.push_str(" AND ");
                     push_ident(sql, &table.columns[map.target[s]].name);
@@ -791,8 +813,9 @@ fn push_key_list(
 ) -> Result<usize, ConnectorError> {
     let single = map.key_sources.len() == 1;
     let push_column = |sql: &mut String, n: usize| {
-        push_ident(sql, &table.columns[table.primary_key[n]].name);
-        if let (Some(_), Some(Some(collation))) = (exact_to, table.key_collations.get(n)) {
+        let t = map.key_targets[n];
+        push_ident(sql, &table.columns[t].name);
+        if let (Some(_), Some(collation)) = (exact_to, &table.key_collations[t]) {
             sql.push_str(" COLLATE ");
             sql.push_str(collation);
         }
@@ -1002,7 +1025,7 @@ mod tests {
             ],
             primary_key: vec![0],
             unique_keys: Vec::new(),
-            key_collations: vec![None],
+            key_collations: vec![None; 3],
         }
     }
 
@@ -1026,6 +1049,7 @@ mod tests {
         let map = ColumnMap {
             schema: schema.clone(),
             target: vec![0, 2, 1],
+            key_targets: vec![0],
             key_sources: vec![0],
         };
         (map, target())
@@ -1178,6 +1202,7 @@ mod tests {
         let map = ColumnMap {
             schema: s.clone(),
             target: vec![0, 2, 1],
+            key_targets: vec![0, 1],
             key_sources: vec![0, 2],
         };
         let keys: Vec<Vec<Value>> = vec![

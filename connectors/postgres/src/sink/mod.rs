@@ -741,7 +741,7 @@ impl PgSink {
             })?
             .table;
         let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        ColumnMap::new(schema, &names, &table.primary_key).map_err(|m| match m {
+        ColumnMap::new(schema, &names, &table.primary_key, &table.unique_keys).map_err(|m| match m {
             Mismatch::MissingColumn(s) => {
                 let column = &schema.columns[s].name;
                 ConnectorError::new(
@@ -753,15 +753,27 @@ impl PgSink {
                 )
                 .with_hint(format!("add column `{column}` to `{}`", table.id))
             }
-            Mismatch::KeyNotInSource(k) => ConnectorError::new(
-                ErrorKind::Schema,
-                format!(
-                    "postgres store `{store}`: primary key column `{}` of target table `{}` \
-                     is not a key column of source table `{source}`",
-                    table.columns[k].name, table.id
-                ),
-            )
-            .with_hint("make the target's primary key the source table's key"),
+            Mismatch::KeyNotUnique(k) => {
+                let key: Vec<String> = schema
+                    .key_indexes()
+                    .iter()
+                    .map(|&i| format!("`{}`", schema.columns[i].name))
+                    .collect();
+                let key = key.join(", ");
+                ConnectorError::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "postgres store `{store}`: the key of source table `{source}` ({key}) is neither \
+                         the primary key of target table `{}` (primary key column `{}` is not a key \
+                         column of the source) nor a unique key of it",
+                        table.id, table.columns[k].name
+                    ),
+                )
+                .with_hint(format!(
+                    "make the target's primary key the source table's key, or add a unique index on ({key}) to `{}`",
+                    table.id
+                ))
+            }
         })
     }
 
@@ -1046,6 +1058,7 @@ mod tests {
                 ],
             }),
             target: vec![0, 2, 1],
+            key_targets: vec![0],
             key_sources: vec![0],
         };
         (table, map)

@@ -130,11 +130,12 @@ impl Ctx<'_> {
         ))
     }
 
-    /// ` ON CONFLICT (pk) DO UPDATE SET c = EXCLUDED.c, …` for the present
-    /// non-key columns (`DO NOTHING` when there are none).
+    /// ` ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, …` for the present
+    /// non-key columns (`DO NOTHING` when there are none). The key is the
+    /// map's: the primary key, or the unique key that holds the source's key.
     pub(super) fn on_conflict(&self, present: &[usize]) -> String {
         let mut sql = String::from(" ON CONFLICT (");
-        for (n, &k) in self.table.primary_key.iter().enumerate() {
+        for (n, &k) in self.map.key_targets.iter().enumerate() {
             if n > 0 {
                 sql.push(',');
             }
@@ -143,7 +144,7 @@ impl Ctx<'_> {
         sql.push(')');
         let updates: Vec<String> = present
             .iter()
-            .filter(|&&s| !self.table.primary_key.contains(&self.map.target[s]))
+            .filter(|&&s| !self.map.key_targets.contains(&self.map.target[s]))
             .map(|&s| {
                 let c = self.ident(s);
                 format!("{c}=EXCLUDED.{c}")
