@@ -31,12 +31,14 @@ use std::path::{Path, PathBuf};
 mod pipeline;
 mod secret;
 mod store;
+mod table_map;
 #[cfg(test)]
 mod tests;
 
 pub use pipeline::*;
 pub use secret::*;
 pub use store::*;
+pub use table_map::*;
 
 /// Port of the HTTP endpoint when `[http] listen` is not set; 9464 is the
 /// port Prometheus exporters conventionally use for "custom" agents.
@@ -359,12 +361,13 @@ impl Config {
                 ),
             );
         }
-        if pipeline.tables.is_empty() {
+        if pipeline.tables.is_empty() && pipeline.maps.is_empty() {
             problems.push(
                 format!("{key}.tables"),
-                "is empty; list the tables to replicate, e.g. tables = [\"public.accounts\"]",
+                "is empty; list the tables to replicate, e.g. tables = [\"public.accounts\"], or add [[pipelines.maps]]",
             );
         }
+        self.validate_maps(key, pipeline, problems);
         let mut seen = BTreeSet::new();
         for (j, table) in pipeline.tables.iter().enumerate() {
             let tkey = format!("{key}.tables[{j}]");

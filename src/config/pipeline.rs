@@ -33,9 +33,16 @@ pub struct PipelineConfig {
     pub from: String,
     /// Target store name.
     pub to: String,
-    /// Source tables, `schema.table` / `database.table`, or a bare name in
-    /// the source store's default namespace.
+    /// Source tables mirrored into tables of the same name and columns,
+    /// `schema.table` / `database.table`, or a bare name in the source
+    /// store's default namespace. Empty when the pipeline has `maps`.
+    #[serde(default)]
     pub tables: Vec<String>,
+    /// `[[pipelines.maps]]`: each from one source table into one target
+    /// table of other names and shape (README.md "Mapping"). A pipeline
+    /// has either `tables` or `maps`.
+    #[serde(default)]
+    pub maps: Vec<TableMapConfig>,
     #[serde(default)]
     pub on_error: OnError,
     /// Most events applied in one target transaction (a larger source
@@ -54,8 +61,17 @@ impl PipelineConfig {
     /// Call on a validated config: [`Config::validate`] rejects bare names
     /// when `from` is a MySQL store whose URL names no database (here they
     /// would get an empty namespace).
+    /// With maps, the maps' source tables: a mapped pipeline reads
+    /// exactly those.
     pub fn source_tables(&self, from: &StoreConfig) -> Vec<TableId> {
         let default_namespace = from.default_namespace().unwrap_or_default();
+        if !self.maps.is_empty() {
+            return self
+                .maps
+                .iter()
+                .map(|m| TableId::parse(m.source.trim(), &default_namespace))
+                .collect();
+        }
         self.tables
             .iter()
             .map(|t| TableId::parse(t.trim(), &default_namespace))

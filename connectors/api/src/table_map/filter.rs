@@ -25,7 +25,7 @@ const RECURSION_LIMIT: usize = 50;
 
 /// A filter expression over columns named `C`: `String` as parsed, `usize`
 /// (indexes into a source schema's columns) once bound.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Filter<C> {
     And(Box<Filter<C>>, Box<Filter<C>>),
     Or(Box<Filter<C>>, Box<Filter<C>>),
@@ -88,7 +88,7 @@ impl CmpOp {
 }
 
 /// A literal of a filter.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Literal {
     Null,
     Bool(bool),
