@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod demo;
 pub mod http;
 pub mod log;
+pub mod mapped_sink;
 pub mod metrics;
 pub mod panics;
 pub mod retry;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{now_micros, sink_config};
+use super::{connect_pipeline_sink, now_micros};
 use crate::apply::{self, AppliedBatch, ApplyObserver, ApplyOptions, ApplyStop, OnPermanentError};
 use crate::config::{OnError, PipelineConfig, StoreConfig};
 use crate::dead_letter::{
@@ -269,9 +269,7 @@ impl ApplyWorker {
     ) -> Result<ReplayReport, ConnectorError> {
         let mut replay_pipeline = self.pipeline.clone();
         replay_pipeline.name = dead_letter::replay_checkpoint_name(&self.pipeline.name);
-        let mut sink = sink_config(&replay_pipeline, &self.from, &self.to)?
-            .connect()
-            .await?;
+        let mut sink = connect_pipeline_sink(&replay_pipeline, &self.from, &self.to).await?;
         dead_letter::replay(
             &mut sink,
             queue.stored(),
@@ -289,9 +287,7 @@ impl ApplyWorker {
         queue: &mut DeadLetterQueue,
         reconciled: &mut bool,
     ) -> Result<ApplyStop, ConnectorError> {
-        let mut sink = sink_config(&self.pipeline, &self.from, &self.to)?
-            .connect()
-            .await?;
+        let mut sink = connect_pipeline_sink(&self.pipeline, &self.from, &self.to).await?;
         if !*reconciled {
             // the target holds the durable copy of the queue: before
             // anything is applied, the queue (and the rows it holds back)

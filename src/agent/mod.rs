@@ -13,6 +13,7 @@ use callosum_api::{
 };
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
 use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
+use crate::mapped_sink::MappedSink;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -484,7 +485,7 @@ impl Source for AnySource {
 }
 
 /// A pipeline's target, whatever its engine.
-enum AnySink {
+pub(crate) enum AnySink {
     // boxed: both are large and there is one per pipeline
     Mysql(Box<MySqlSink>),
     Postgres(Box<PgSink>),
@@ -636,14 +637,26 @@ pub(crate) fn source_config(
     })
 }
 
-/// The sink of a pipeline.
+/// The sink of a pipeline, connected, behind the pipeline's table maps
+/// (mirror mode: none), as every path that applies changes uses it.
+pub(super) async fn connect_pipeline_sink(
+    pipeline: &PipelineConfig,
+    from: &StoreConfig,
+    to: &StoreConfig,
+) -> Result<MappedSink<AnySink>, ConnectorError> {
+    let sink = sink_config(pipeline, from, to)?.connect().await?;
+    Ok(MappedSink::new(sink, pipeline.table_maps(from, to)))
+}
+
+/// The sink of a pipeline: the tables it writes, each under the table its
+/// events arrive as ([`PipelineConfig::sink_tables`]).
 pub(crate) fn sink_config(
     pipeline: &PipelineConfig,
     from: &StoreConfig,
     to: &StoreConfig,
 ) -> Result<SinkConfig, ConnectorError> {
     let password = store_password(to)?;
-    let tables = pipeline.table_mapping(from, to);
+    let tables = pipeline.sink_tables(from, to);
     Ok(match to {
         StoreConfig::Mysql(mysql) => SinkConfig::Mysql(MySqlSinkConfig {
             store: pipeline.to.clone(),
