@@ -6,6 +6,7 @@ mod apply_worker;
 
 use apply_worker::ApplyWorker;
 
+use crate::mapped_sink::MappedSink;
 use anyhow::Context;
 use callosum_api::{
     ConnectorError, EchoOrigins, ErrorClass, ErrorKind, Position, Sink, Source, SourceMessage,
@@ -13,7 +14,6 @@ use callosum_api::{
 };
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
 use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
-use crate::mapped_sink::MappedSink;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;

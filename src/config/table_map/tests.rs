@@ -145,3 +145,23 @@ fn maps_across_a_pipeline_are_checked_by_key() {
         "{neither:?}"
     );
 }
+
+#[test]
+fn the_sample_crm_erp_config_parses_and_validates() {
+    let config = Config::from_toml(include_str!("../../../deploy/crm-erp.toml")).unwrap();
+    let (crm, erp) = (&config.stores["crm"], &config.stores["erp"]);
+    let to_erp = &config.pipelines[0];
+    assert_eq!(to_erp.maps.len(), 3);
+    assert_eq!(
+        to_erp.sink_tables(crm, erp)[1].0,
+        TableId::new("erp", "sales_orders")
+    );
+    let to_crm = &config.pipelines[1];
+    assert_eq!(
+        to_crm.source_tables(erp),
+        vec![
+            TableId::new("erp", "warehouse_stock"),
+            TableId::new("erp", "invoices")
+        ]
+    );
+}
