@@ -97,7 +97,11 @@ fn numbers_compare_exactly_across_kinds() {
         (Value::Int(1), Some(true)),
     ];
     for (value, expected) in cases {
-        assert_eq!(f.eval(&[value.clone()], &names), Ok(expected), "{value:?}");
+        assert_eq!(
+            f.eval(std::slice::from_ref(&value), &names),
+            Ok(expected),
+            "{value:?}"
+        );
     }
     assert_eq!(cmp_decimal("-0.0", "0"), Ordering::Equal);
     assert_eq!(cmp_decimal("-10", "-9.99"), Ordering::Less);
