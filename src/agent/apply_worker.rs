@@ -234,11 +234,9 @@ impl ApplyWorker {
                 let _ = reply.send(result.map_err(|err| err.to_string()));
             }
             DeadLetterCommand::Discard { which, reply } => {
-                let result = match sink_config(&self.pipeline, &self.from, &self.to) {
-                    Ok(config) => match config.connect().await {
-                        Ok(mut sink) => queue.discard(&mut sink, which).await,
-                        Err(err) => Err(err),
-                    },
+                let result = match connect_pipeline_sink(&self.pipeline, &self.from, &self.to).await
+                {
+                    Ok(mut sink) => queue.discard(&mut sink, which).await,
                     Err(err) => Err(err),
                 };
                 if let Ok(report) = &result {
