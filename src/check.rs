@@ -91,10 +91,17 @@ pub async fn report(config: &Config) -> (Vec<CheckProblem>, Vec<CheckAdvice>) {
         let to = &config.stores[&pipeline.to];
         match sink_config(pipeline, from, to) {
             Ok(sink) => {
-                let columns = source_columns
-                    .get(pipeline.from.as_str())
-                    .cloned()
-                    .unwrap_or_default();
+                // a mapped pipeline's target tables take the maps' columns,
+                // not the source's (checking maps against both catalogs is
+                // not built yet: existence, keys and grants are checked)
+                let columns = if pipeline.maps.is_empty() {
+                    source_columns
+                        .get(pipeline.from.as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 let found = match &sink {
                     SinkConfig::Mysql(sink) => {
                         let insensitive = source_insensitive

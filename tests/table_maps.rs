@@ -565,3 +565,34 @@ async fn a_key_that_is_not_a_unique_key_of_the_target_is_refused_by_name() {
     assert!(customers.is_empty(), "{customers:?}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_looks_for_the_maps_target_tables_not_the_source_tables() {
+    let db = common::fresh_databases("map_check").await;
+    db.pg.batch_execute(CRM_SCHEMA).await.unwrap();
+    erp_schema(&db.mysql).await;
+    common::mysql_exec(&db.mysql, "DROP TABLE sales_orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = common::config_toml_with(&db, dir.path(), &[], "127.0.0.1:0");
+    toml += &format!(
+        "\n[[pipelines]]\nname = \"crm_to_erp\"\nfrom = \"crm\"\nto = \"erp\"\n{ACCOUNTS_MAP}{}",
+        orders_map(WON, "won = \"confirmed\"", "")
+    );
+    let problems = callosum::check::problems(&Config::from_toml(&toml).unwrap()).await;
+    let about_tables: Vec<_> = problems
+        .iter()
+        .filter(|p| {
+            ["customers", "sales_orders", "accounts", "opportunities"]
+                .iter()
+                .any(|t| p.problem.contains(&format!(".{t}`")))
+        })
+        .collect();
+    assert_eq!(about_tables.len(), 1, "{problems:#?}");
+    assert!(
+        about_tables[0]
+            .problem
+            .contains("sales_orders` (for source")
+            && about_tables[0].problem.contains("does not exist"),
+        "{problems:#?}"
+    );
+}
