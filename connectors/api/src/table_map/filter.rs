@@ -340,7 +340,11 @@ impl Filter<usize> {
     /// `Some(false)`, or `None` (unknown, which does not match). `names`
     /// names the columns in errors. A column of the filter holding
     /// [`Value::Unchanged`] is refused rather than guessed.
-    pub fn eval(&self, row: &[Value], names: &[&str]) -> Result<Option<bool>, FilterEvalError> {
+    pub fn eval(
+        &self,
+        row: &[Value],
+        names: &[impl AsRef<str>],
+    ) -> Result<Option<bool>, FilterEvalError> {
         let mut unchanged = None;
         self.visit(&mut |&c: &usize| {
             if unchanged.is_none() && row[c].is_unchanged() {
@@ -349,18 +353,26 @@ impl Filter<usize> {
         });
         if let Some(c) = unchanged {
             return Err(FilterEvalError::Unchanged {
-                column: names[c].to_owned(),
+                column: names[c].as_ref().to_owned(),
             });
         }
         self.eval_known(row, names)
     }
 
     /// Whether `row` matches (an unknown result does not).
-    pub fn matches(&self, row: &[Value], names: &[&str]) -> Result<bool, FilterEvalError> {
+    pub fn matches(
+        &self,
+        row: &[Value],
+        names: &[impl AsRef<str>],
+    ) -> Result<bool, FilterEvalError> {
         Ok(self.eval(row, names)? == Some(true))
     }
 
-    fn eval_known(&self, row: &[Value], names: &[&str]) -> Result<Option<bool>, FilterEvalError> {
+    fn eval_known(
+        &self,
+        row: &[Value],
+        names: &[impl AsRef<str>],
+    ) -> Result<Option<bool>, FilterEvalError> {
         // both sides are evaluated, so a mismatch is refused whatever the
         // other side holds
         Ok(match self {
@@ -380,7 +392,7 @@ impl Filter<usize> {
                 op,
                 literal,
             } => compare(&row[*column], literal)
-                .map_err(|()| mismatch(names[*column], &row[*column], literal))?
+                .map_err(|()| mismatch(names[*column].as_ref(), &row[*column], literal))?
                 .map(|ord| op.holds(ord)),
             Filter::In {
                 column,
@@ -391,7 +403,7 @@ impl Filter<usize> {
                 let mut result = Some(false);
                 for literal in list {
                     match compare(value, literal)
-                        .map_err(|()| mismatch(names[*column], value, literal))?
+                        .map_err(|()| mismatch(names[*column].as_ref(), value, literal))?
                     {
                         Some(Ordering::Equal) => result = Some(true),
                         Some(_) => {}
@@ -411,7 +423,7 @@ impl Filter<usize> {
             Filter::Column(c) => match &row[*c] {
                 Value::Null => None,
                 Value::Bool(b) => Some(*b),
-                other => return Err(mismatch(names[*c], other, &Literal::Bool(true))),
+                other => return Err(mismatch(names[*c].as_ref(), other, &Literal::Bool(true))),
             },
             Filter::Constant(b) => *b,
         })

@@ -226,6 +226,7 @@ impl TableMap {
         Ok(CompiledMap {
             name: self.to_string(),
             source: schema.clone(),
+            source_names: schema.columns.iter().map(|c| c.name.clone()).collect(),
             target: Arc::new(TableSchema {
                 table: self.target.clone(),
                 columns,
@@ -280,6 +281,8 @@ pub struct CompiledMap {
     /// The map as configured, for messages (`` `a.b` → `c.d` ``).
     name: String,
     source: Arc<TableSchema>,
+    /// The source's column names, for the filter's errors.
+    source_names: Vec<String>,
     /// The target-shaped schema: target table, target column names, the
     /// map's key as its key.
     target: Arc<TableSchema>,
@@ -359,13 +362,7 @@ impl CompiledMap {
         let Some(filter) = &self.filter else {
             return Ok(true);
         };
-        let names: Vec<&str> = self
-            .source
-            .columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        filter.matches(row, &names).map_err(|err| {
+        filter.matches(row, &self.source_names).map_err(|err| {
             let hint = match &err {
                 FilterEvalError::Unchanged { column } => format!(
                     "set REPLICA IDENTITY FULL on `{}` so updates carry `{column}`, or filter on another column",
@@ -519,7 +516,12 @@ impl TableMaps {
             .iter()
             .position(|c| crate::batch::same_schema(&c.source, schema))
         {
-            Some(at) => at,
+            Some(at) => {
+                // events read back from the log share one `Arc` per record
+                // batch: the next event of this one compares by pointer
+                compiled[at].source = schema.clone();
+                at
+            }
             None => {
                 if compiled.len() >= SCHEMAS_PER_TABLE {
                     compiled.remove(0);
