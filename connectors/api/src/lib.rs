@@ -337,6 +337,16 @@ pub trait Sink: Send {
     }
 }
 
+/// How long a sink's statement waits for a row or table lock that another
+/// transaction in the target holds (an application's transaction left
+/// open, a `LOCK TABLE`) before it fails with [`ErrorKind::Contention`]:
+/// the batch is rolled back and retried with backoff, and the pipeline
+/// shows `retrying` with the reason instead of waiting without a sign.
+pub const TARGET_LOCK_TIMEOUT_SECONDS: u64 = 10;
+
+/// The hint of a lock wait that timed out in a target.
+pub const LOCK_TIMEOUT_HINT: &str = "another transaction in the target holds a lock on rows or tables this batch writes (an application's transaction left open, a LOCK TABLE); the batch is retried until the lock is released";
+
 /// A prerequisite that `callosum check` found missing: what is wrong and how
 /// the operator fixes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

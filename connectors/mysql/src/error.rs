@@ -61,6 +61,9 @@ pub fn classify(err: Error, store: &str, doing: &str) -> ConnectorError {
                 ErrorKind::Schema => {
                     e.with_hint("create the missing table or column in the target, then restart")
                 }
+                ErrorKind::Contention if server.code == 1205 => {
+                    e.with_hint(callosum_api::LOCK_TIMEOUT_HINT)
+                }
                 _ => e,
             }
         }

@@ -244,9 +244,13 @@ pub(crate) async fn open(config: &MySqlSinkConfig) -> Result<(Conn, String), Con
     })?;
     // foreign_key_checks=0: the source already enforced its foreign keys, and
     // a batch is applied as its net effect, whose order may differ from the
-    // source's statement order. unique_checks stays on.
+    // source's statement order. unique_checks stays on. The lock waits are
+    // bounded (row and metadata locks), so that an application's open
+    // transaction shows as a retry with its reason, not a silent stall.
     conn.query_drop(format!(
-        "SET time_zone = '+00:00', sql_mode = '{SQL_MODE}', foreign_key_checks = 0"
+        "SET time_zone = '+00:00', sql_mode = '{SQL_MODE}', foreign_key_checks = 0, \
+         innodb_lock_wait_timeout = {lock}, lock_wait_timeout = {lock}",
+        lock = callosum_api::TARGET_LOCK_TIMEOUT_SECONDS
     ))
     .await
     .map_err(|e| classify(e, store, "setting up the session"))?;

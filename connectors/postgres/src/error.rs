@@ -45,7 +45,8 @@ pub fn classify(code: &str, message: &str) -> (ErrorKind, Option<&'static str>) 
             Some("check the user and password (password_env / password_file / url)"),
         ),
         "3D000" => (ErrorKind::Config, Some("check the database name in the url")),
-        "40001" | "40P01" | "55P03" => (ErrorKind::Contention, None),
+        "55P03" => (ErrorKind::Contention, Some(callosum_api::LOCK_TIMEOUT_HINT)),
+        "40001" | "40P01" => (ErrorKind::Contention, None),
         // undefined_object: the slot or publication was dropped
         "42704" if lower.contains("replication slot") => (
             ErrorKind::PositionLost,

@@ -296,7 +296,10 @@ pub(crate) async fn open(
     let connected = crate::tls::connect(store, &pg, &config.tls, "connect").await?;
     let (client, task) = (connected.client, ConnectionTask(connected.task));
     client
-        .batch_execute("SET TIME ZONE 'UTC'; SET standard_conforming_strings = on")
+        .batch_execute(&format!(
+            "SET TIME ZONE 'UTC'; SET standard_conforming_strings = on; SET lock_timeout = '{}s'",
+            callosum_api::TARGET_LOCK_TIMEOUT_SECONDS
+        ))
         .await
         .map_err(|e| from_sql_without_values(store, "set up the session", e))?;
     Ok((client, task))
