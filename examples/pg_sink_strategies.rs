@@ -93,6 +93,7 @@ async fn main() {
             TableId::new("public", "orders"),
             TableId::new("public", "orders"),
         )],
+        fence: Default::default(),
     })
     .await
     .unwrap();

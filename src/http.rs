@@ -69,16 +69,20 @@ pub enum PipelineState {
     Halted,
     /// Stopped on shutdown.
     Stopped,
+    /// Waiting for the lease (`[lease]`): another agent is active; this one
+    /// applies nothing. Not ready.
+    Standby,
 }
 
 impl PipelineState {
     /// Every state, for the `callosum_pipeline_state` series.
-    pub const ALL: [PipelineState; 5] = [
+    pub const ALL: [PipelineState; 6] = [
         PipelineState::Starting,
         PipelineState::Streaming,
         PipelineState::Retrying,
         PipelineState::Halted,
         PipelineState::Stopped,
+        PipelineState::Standby,
     ];
 
     /// The lowercase name used in JSON and messages.
@@ -89,6 +93,7 @@ impl PipelineState {
             PipelineState::Retrying => "retrying",
             PipelineState::Halted => "halted",
             PipelineState::Stopped => "stopped",
+            PipelineState::Standby => "standby",
         }
     }
 }
@@ -144,6 +149,33 @@ fn shown(s: &PipelineStatus) -> PipelineStatus {
 pub struct StatusReport {
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, PipelineStatus>,
+    /// This agent's lease, with `[lease]` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+}
+
+/// Whether this agent applies (`[lease]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseRole {
+    /// Holds the lease and applies.
+    Active,
+    /// Waits for the lease; applies nothing.
+    Standby,
+}
+
+/// What `/status` shows about this agent's lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// This agent's name in the lease row (`[lease] holder`).
+    pub holder: String,
+    /// The epoch of the lease this agent holds; a standby shows the epoch
+    /// of the active agent's lease, when it could read it.
+    pub epoch: Option<i64>,
+    pub role: LeaseRole,
+    /// A standby: who holds the lease now, when it could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_holder: Option<String>,
 }
 
 /// Shared, updatable state of every pipeline. Cheap to read and update
@@ -151,6 +183,7 @@ pub struct StatusReport {
 #[derive(Debug, Default)]
 pub struct AgentStatus {
     pipelines: RwLock<BTreeMap<String, PipelineStatus>>,
+    lease: RwLock<Option<LeaseStatus>>,
 }
 
 impl AgentStatus {
@@ -236,7 +269,18 @@ impl AgentStatus {
                 .iter()
                 .map(|(name, s)| (name.clone(), shown(s)))
                 .collect(),
+            lease: self.lease(),
         }
+    }
+
+    /// Records this agent's lease.
+    pub fn set_lease(&self, lease: LeaseStatus) {
+        *self.lease.write().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+    }
+
+    /// This agent's lease, with `[lease]` only.
+    pub fn lease(&self) -> Option<LeaseStatus> {
+        self.lease.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `Ok` when there is at least one pipeline and every pipeline is
@@ -568,8 +612,23 @@ fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
 /// `report` as the table `callosum status` prints: one row per pipeline,
 /// then its last error, if any, indented below.
 pub fn format_status(report: &StatusReport) -> String {
+    let lease = report.lease.as_ref().map_or(String::new(), |lease| {
+        let role = match lease.role {
+            LeaseRole::Active => "active",
+            LeaseRole::Standby => "standby",
+        };
+        let epoch = lease.epoch.map_or("-".to_owned(), |e| e.to_string());
+        let active = lease
+            .active_holder
+            .as_ref()
+            .map_or(String::new(), |h| format!(", active agent {h}"));
+        format!(
+            "lease: {role} as {} (epoch {epoch}{active})\n",
+            lease.holder
+        )
+    });
     if report.pipelines.is_empty() {
-        return "no pipelines\n".to_owned();
+        return format!("{lease}no pipelines\n");
     }
     let header = [
         "PIPELINE",
@@ -607,7 +666,7 @@ pub fn format_status(report: &StatusReport) -> String {
             (cells.to_vec(), notes)
         })
         .collect();
-    crate::text_table::format_table(&header, &rows)
+    lease + &crate::text_table::format_table(&header, &rows)
 }
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";

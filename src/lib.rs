@@ -10,6 +10,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod demo;
 pub mod http;
+pub mod lease;
 pub mod log;
 pub mod mapped_sink;
 pub mod metrics;

@@ -62,6 +62,14 @@ pub const ERRORS_TOTAL: &str = "callosum_errors_total";
 pub const RETRIES_TOTAL: &str = "callosum_retries_total";
 /// `pipeline`, `state`: 1 for the state `/status` shows, 0 for the others.
 pub const PIPELINE_STATE: &str = "callosum_pipeline_state";
+/// Label naming this agent as a lease holder (`[lease] holder`).
+pub const LABEL_HOLDER: &str = "holder";
+/// Gauge `{holder}`: 1 while this agent holds the lease and applies, 0 while
+/// it is a standby. Only with `[lease]`.
+pub const LEASE_ACTIVE: &str = "callosum_lease_active";
+/// Gauge: the epoch of this agent's lease (0 while a standby that never
+/// held it). Only with `[lease]`.
+pub const LEASE_EPOCH: &str = "callosum_lease_epoch";
 
 /// Buckets of [`APPLY_BATCH_DURATION_SECONDS`]: 1 ms to 10 s.
 pub const APPLY_BATCH_BUCKETS: &[f64] = &[
@@ -91,6 +99,8 @@ pub struct Metrics {
     pub errors_total: IntCounterVec,
     pub retries_total: IntCounterVec,
     pub pipeline_state: IntGaugeVec,
+    pub lease_active: IntGaugeVec,
+    pub lease_epoch: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -226,9 +236,25 @@ impl Metrics {
             pipeline_state: int_gauge(
                 &r,
                 PIPELINE_STATE,
-                "1 for the pipeline's current state as /status shows it (starting, streaming, retrying, halted, stopped), 0 for the others.",
+                "1 for the pipeline's current state as /status shows it (starting, streaming, retrying, halted, stopped, standby), 0 for the others.",
                 &[LABEL_PIPELINE, LABEL_STATE],
             ),
+            lease_active: int_gauge(
+                &r,
+                LEASE_ACTIVE,
+                "1 while this agent holds the lease and applies, 0 while it is a standby.",
+                &[LABEL_HOLDER],
+            ),
+            lease_epoch: {
+                let metric = IntGauge::new(
+                    LEASE_EPOCH,
+                    "Epoch of this agent's lease; every target transaction it commits carries it.",
+                )
+                .expect("valid gauge");
+                r.register(Box::new(metric.clone()))
+                    .expect("metric registered once");
+                metric
+            },
             registry: r,
         };
         #[cfg(target_os = "linux")]

@@ -1,6 +1,7 @@
 //! The agent as a systemd service (`Type=notify`, `deploy/systemd/`): it
 //! tells the service manager it is ready once every pipeline streams (the
-//! same rule as `/readyz`), keeps a one-line status of its pipelines'
+//! same rule as `/readyz`) or, with `[lease]`, once it waits as a standby
+//! (it started as it should; `/readyz` stays not ready), keeps a one-line status of its pipelines'
 //! states, pings the watchdog while its runtime runs, and says when it
 //! stops. Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::http::{AgentStatus, PipelineState, StatusReport};
+use crate::http::{AgentStatus, LeaseRole, PipelineState, StatusReport};
 
 /// How often readiness and the status line are looked at (and the watchdog
 /// pinged, unless its interval asks for more often).
@@ -31,7 +32,7 @@ pub fn spawn_notifier(status: Arc<AgentStatus>) -> JoinHandle<()> {
             let report = status.snapshot();
             let line = status_line(&report);
             let mut states = Vec::new();
-            if !ready && all_streaming(&report) {
+            if !ready && (all_streaming(&report) || is_standby(&report)) {
                 ready = true;
                 states.push(NotifyState::Ready);
             }
@@ -70,9 +71,26 @@ fn all_streaming(report: &StatusReport) -> bool {
             .all(|s| s.state == PipelineState::Streaming)
 }
 
+/// A standby (`[lease]`): it waits for the lease, which is what it should
+/// do, so the service started; the start must not time out.
+fn is_standby(report: &StatusReport) -> bool {
+    report
+        .lease
+        .as_ref()
+        .is_some_and(|lease| lease.role == LeaseRole::Standby)
+}
+
 /// One line for `systemctl status`: how many pipelines stream, and those
 /// that do not with their state. Never an error text (it could be long).
 pub fn status_line(report: &StatusReport) -> String {
+    if is_standby(report) {
+        let active = report
+            .lease
+            .as_ref()
+            .and_then(|lease| lease.active_holder.clone())
+            .map_or(String::new(), |holder| format!(" (active agent: {holder})"));
+        return format!("standby: waiting for the lease{active}");
+    }
     let total = report.pipelines.len();
     let others: Vec<String> = report
         .pipelines
@@ -121,5 +139,25 @@ mod tests {
         );
         assert!(!all_streaming(&status.snapshot()));
         assert!(!all_streaming(&AgentStatus::new().snapshot()));
+    }
+
+    #[test]
+    fn a_standby_is_a_started_service_and_says_whom_it_waits_for() {
+        let status = AgentStatus::new();
+        status.set_state("a", PipelineState::Standby, None);
+        status.set_lease(crate::http::LeaseStatus {
+            holder: "host-b".into(),
+            epoch: Some(4),
+            role: LeaseRole::Standby,
+            active_holder: Some("host-a".into()),
+        });
+        let report = status.snapshot();
+        assert!(is_standby(&report));
+        assert!(!all_streaming(&report));
+        assert!(status.readiness().is_err(), "/readyz: not ready");
+        assert_eq!(
+            status_line(&report),
+            "standby: waiting for the lease (active agent: host-a)"
+        );
     }
 }

@@ -651,6 +651,7 @@ async fn the_apply_loop_halves_a_rejected_batch_down_to_the_poison() {
             TableId::new(&database, "orders"),
         )],
         time_zone: None,
+        fence: Default::default(),
     })
     .await
     .unwrap();
@@ -923,6 +924,7 @@ async fn a_target_altered_while_running_is_read_again(target: Target, on_error: 
                 pipeline: PIPELINE.into(),
                 tables: vec![(source, TableId::new(&database, "orders"))],
                 time_zone: None,
+                fence: Default::default(),
             })
             .await
             .unwrap();
@@ -943,6 +945,7 @@ async fn a_target_altered_while_running_is_read_again(target: Target, on_error: 
                 password: None,
                 pipeline: PIPELINE.into(),
                 tables: vec![(source, TableId::new("target", "orders"))],
+                fence: Default::default(),
             };
             callosum_postgres::ensure_checkpoint_table(&config)
                 .await
@@ -1092,6 +1095,7 @@ async fn a_source_column_the_target_lacks_is_dead_lettered_by_name_and_replayed_
         pipeline,
         tables: vec![(v1.table.clone(), TableId::new(&database, "orders"))],
         time_zone: None,
+        fence: Default::default(),
     };
     let mut sink = MySqlSink::connect(config(PIPELINE.into())).await.unwrap();
     let mut reader = log.reader("crm", PIPELINE).unwrap();
@@ -1792,6 +1796,7 @@ async fn an_older_agents_dead_letters_are_written_to_the_target_once() {
             TableId::new(&database, "orders"),
         )],
         time_zone: None,
+        fence: Default::default(),
     };
     let mut sink = MySqlSink::connect(config.clone()).await.unwrap();
     sink.begin(&older.position).await.unwrap();

@@ -50,6 +50,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSinkConfig {
             .map(|t| (TableId::new("public", *t), TableId::new(&db.database, *t)))
             .collect(),
         time_zone: None,
+        fence: Default::default(),
     }
 }
 

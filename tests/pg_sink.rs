@@ -44,6 +44,7 @@ fn config(db: &Db, tables: &[&str]) -> PgSinkConfig {
             .iter()
             .map(|t| (TableId::new("erp", *t), TableId::new("public", *t)))
             .collect(),
+        fence: Default::default(),
     }
 }
 

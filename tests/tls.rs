@@ -116,6 +116,7 @@ fn pg_sink(url: &str, tls: TlsSettings) -> PgSinkConfig {
         pipeline: "tls_probe".into(),
         tables: Vec::new(),
         tls,
+        fence: Default::default(),
     }
 }
 
@@ -142,6 +143,7 @@ fn mysql_sink(url: &str, tls: TlsSettings) -> MySqlSinkConfig {
         tables: Vec::new(),
         time_zone: None,
         tls,
+        fence: Default::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! One pipeline's apply worker: the apply loop with its retries, its
 //! dead-letter queue and the operator's commands to it.
 
-use callosum_api::{ConnectorError, ErrorClass, ErrorKind};
+use callosum_api::{ConnectorError, ErrorClass, ErrorKind, Fence};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -26,6 +26,11 @@ pub(super) struct ApplyWorker {
     pub commands: mpsc::Receiver<DeadLetterCommand>,
     pub metrics: PipelineMetrics,
     pub status: Arc<AgentStatus>,
+    /// The epoch every checkpoint write carries.
+    pub fence: Fence,
+    /// With `[lease]`: a fenced write (another agent took over) makes the
+    /// agent step down; without, it halts the pipeline.
+    pub steps_down: bool,
 }
 
 struct PipelineObserver<'a> {
@@ -121,6 +126,9 @@ impl ApplyWorker {
                 Err(err) => err,
             };
             self.metrics.record_error(err.kind);
+            if err.kind == ErrorKind::Fenced && self.steps_down {
+                super::lease_worker::step_down(&err.to_string());
+            }
             if err.class() == ErrorClass::Transient {
                 let delay = retry.next_delay();
                 self.metrics.retries.inc();
@@ -227,6 +235,11 @@ impl ApplyWorker {
             DeadLetterCommand::Replay { through, reply } => {
                 info!(through = ?through, "replaying dead letters");
                 let result = self.replay(queue, through, shutdown).await;
+                if let Err(err) = &result {
+                    if err.kind == ErrorKind::Fenced && self.steps_down {
+                        super::lease_worker::step_down(&err.to_string());
+                    }
+                }
                 if let Err(err) = queue.reload() {
                     warn!(error = %err, "failed to reread the dead-letter queue");
                 }
@@ -234,11 +247,13 @@ impl ApplyWorker {
                 let _ = reply.send(result.map_err(|err| err.to_string()));
             }
             DeadLetterCommand::Discard { which, reply } => {
-                let result = match connect_pipeline_sink(&self.pipeline, &self.from, &self.to).await
-                {
-                    Ok(mut sink) => queue.discard(&mut sink, which).await,
-                    Err(err) => Err(err),
-                };
+                let result =
+                    match connect_pipeline_sink(&self.pipeline, &self.from, &self.to, self.fence)
+                        .await
+                    {
+                        Ok(mut sink) => queue.discard(&mut sink, which).await,
+                        Err(err) => Err(err),
+                    };
                 if let Ok(report) = &result {
                     match which {
                         DiscardSelection::All => {
@@ -267,7 +282,8 @@ impl ApplyWorker {
     ) -> Result<ReplayReport, ConnectorError> {
         let mut replay_pipeline = self.pipeline.clone();
         replay_pipeline.name = dead_letter::replay_checkpoint_name(&self.pipeline.name);
-        let mut sink = connect_pipeline_sink(&replay_pipeline, &self.from, &self.to).await?;
+        let mut sink =
+            connect_pipeline_sink(&replay_pipeline, &self.from, &self.to, self.fence).await?;
         dead_letter::replay(
             &mut sink,
             queue.stored(),
@@ -285,7 +301,8 @@ impl ApplyWorker {
         queue: &mut DeadLetterQueue,
         reconciled: &mut bool,
     ) -> Result<ApplyStop, ConnectorError> {
-        let mut sink = connect_pipeline_sink(&self.pipeline, &self.from, &self.to).await?;
+        let mut sink =
+            connect_pipeline_sink(&self.pipeline, &self.from, &self.to, self.fence).await?;
         if !*reconciled {
             // the target holds the durable copy of the queue: before
             // anything is applied, the queue (and the rows it holds back)

@@ -3,14 +3,15 @@
 //! transient failures and a clean stop on SIGINT/SIGTERM.
 
 mod apply_worker;
+mod lease_worker;
 
 use apply_worker::ApplyWorker;
 
 use crate::mapped_sink::MappedSink;
 use anyhow::Context;
 use callosum_api::{
-    ConnectorError, EchoOrigins, ErrorClass, ErrorKind, Position, Sink, Source, SourceMessage,
-    TableId,
+    ConnectorError, EchoOrigins, ErrorClass, ErrorKind, Fence, Position, Sink, Source,
+    SourceMessage, TableId,
 };
 use callosum_mysql::{MySqlSink, MySqlSinkConfig, MySqlSource, MySqlSourceConfig};
 use callosum_postgres::{PgSink, PgSinkConfig, PgSource, PgSourceConfig};
@@ -168,6 +169,80 @@ impl Agent {
             ));
         }
 
+        let pipelines = Pipelines {
+            config: config.clone(),
+            log,
+            metrics: metrics.clone(),
+            status: status.clone(),
+            dead_letters,
+            commands,
+            shutdown: shutdown_rx.clone(),
+        };
+        match config.lease.clone() {
+            None => pipelines.spawn(Fence::default(), false, &mut workers)?,
+            Some(lease) => {
+                for pipeline in &config.pipelines {
+                    status.set_state(&pipeline.name, PipelineState::Standby, None);
+                }
+                let halt = halter(&status, &metrics, "lease", all_pipelines.clone());
+                let span = tracing::info_span!("lease", store = %lease.store);
+                workers.spawn(crate::panics::supervise(
+                    "lease worker",
+                    lease_worker::run(lease, pipelines).instrument(span),
+                    halt,
+                ));
+            }
+        }
+        Ok(Agent {
+            workers,
+            shutdown,
+            metrics,
+            status,
+            http_addr,
+        })
+    }
+
+    /// Asks every worker to stop (capture flushes and acknowledges, apply
+    /// finishes its batch) and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.workers.join_next().await.is_some() {}
+    }
+}
+
+/// Everything the pipelines' workers need, until they start: at once
+/// without `[lease]`, once the lease is taken with it.
+struct Pipelines {
+    config: Config,
+    log: ChangeLog,
+    metrics: Arc<Metrics>,
+    status: Arc<AgentStatus>,
+    dead_letters: DeadLetterControl,
+    commands: BTreeMap<String, mpsc::Receiver<crate::dead_letter::DeadLetterCommand>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Pipelines {
+    /// Starts the capture, apply, truncation and flush-watch workers into
+    /// `workers`. Every target transaction carries `fence`; `steps_down`:
+    /// a fenced write makes the agent step down (with `[lease]`) instead of
+    /// halting the pipeline.
+    fn spawn(
+        self,
+        fence: Fence,
+        steps_down: bool,
+        workers: &mut JoinSet<()>,
+    ) -> anyhow::Result<()> {
+        let Pipelines {
+            config,
+            log,
+            metrics,
+            status,
+            dead_letters,
+            mut commands,
+            shutdown: shutdown_rx,
+        } = self;
+        let all_pipelines: Vec<String> = config.pipelines.iter().map(|p| p.name.clone()).collect();
         for pipeline in &config.pipelines {
             status.set_state(&pipeline.name, PipelineState::Starting, None);
         }
@@ -267,6 +342,8 @@ impl Agent {
                     .expect("one command channel per pipeline"),
                 metrics: metrics.pipeline(&pipeline.name),
                 status: status.clone(),
+                fence,
+                steps_down,
             };
             let span = tracing::info_span!("apply", pipeline = %pipeline.name);
             let halt = halter(
@@ -329,20 +406,7 @@ impl Agent {
                 halt,
             ));
         }
-        Ok(Agent {
-            workers,
-            shutdown,
-            metrics,
-            status,
-            http_addr,
-        })
-    }
-
-    /// Asks every worker to stop (capture flushes and acknowledges, apply
-    /// finishes its batch) and waits for them.
-    pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        while self.workers.join_next().await.is_some() {}
+        Ok(())
     }
 }
 
@@ -500,6 +564,14 @@ macro_rules! on_sink {
     };
 }
 
+impl AnySink {
+    /// Stores the sink's epoch in the checkpoint rows `keys`
+    /// ([`PgSink::fence`], [`MySqlSink::fence`]).
+    async fn fence(&mut self, keys: &[String]) -> Result<(), ConnectorError> {
+        on_sink!(self, sink => sink.fence(keys).await)
+    }
+}
+
 impl Sink for AnySink {
     async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
         on_sink!(self, sink => sink.checkpoint().await)
@@ -589,6 +661,15 @@ pub(crate) enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The same sink, its checkpoint writes fenced by `fence`.
+    pub(crate) fn with_fence(mut self, fence: Fence) -> Self {
+        match &mut self {
+            SinkConfig::Postgres(config) => config.fence = fence,
+            SinkConfig::Mysql(config) => config.fence = fence,
+        }
+        self
+    }
+
     async fn connect(self) -> Result<AnySink, ConnectorError> {
         Ok(match self {
             SinkConfig::Postgres(config) => {
@@ -638,13 +719,18 @@ pub(crate) fn source_config(
 }
 
 /// The sink of a pipeline, connected, behind the pipeline's table maps
-/// (mirror mode: none), as every path that applies changes uses it.
+/// (mirror mode: none), its checkpoint writes fenced by `fence`, as every
+/// path that applies changes uses it.
 pub(super) async fn connect_pipeline_sink(
     pipeline: &PipelineConfig,
     from: &StoreConfig,
     to: &StoreConfig,
+    fence: Fence,
 ) -> Result<MappedSink<AnySink>, ConnectorError> {
-    let sink = sink_config(pipeline, from, to)?.connect().await?;
+    let sink = sink_config(pipeline, from, to)?
+        .with_fence(fence)
+        .connect()
+        .await?;
     Ok(MappedSink::new(sink, pipeline.table_maps(from, to)))
 }
 
@@ -666,6 +752,7 @@ pub(crate) fn sink_config(
             tables,
             time_zone: mysql.time_zone,
             tls: mysql.tls.clone(),
+            fence: Fence::default(),
         }),
         StoreConfig::Postgres(pg) => SinkConfig::Postgres(PgSinkConfig {
             store: pipeline.to.clone(),
@@ -674,6 +761,7 @@ pub(crate) fn sink_config(
             pipeline: pipeline.name.clone(),
             tables,
             tls: pg.tls.clone(),
+            fence: Fence::default(),
         }),
     })
 }

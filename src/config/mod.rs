@@ -28,6 +28,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod lease;
 mod pipeline;
 mod secret;
 mod store;
@@ -35,6 +36,7 @@ mod table_map;
 #[cfg(test)]
 mod tests;
 
+pub use lease::*;
 pub use pipeline::*;
 pub use secret::*;
 pub use store::*;
@@ -170,6 +172,10 @@ pub struct Config {
     /// `log_format`: how `callosum run` writes its log; default `text`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `[lease]`: active/standby agents on this config; without it the
+    /// agent is alone and always active.
+    #[serde(default)]
+    pub lease: Option<LeaseConfig>,
 }
 
 /// `log_format`: lines for people (`text`, colour only at a terminal) or
@@ -327,6 +333,20 @@ impl Config {
                 );
             }
             self.validate_pipeline(&key, pipeline, &mut problems);
+        }
+        if let Some(lease) = &self.lease {
+            lease.validate(&self.stores, &mut problems);
+            let sources: BTreeSet<&String> = self.pipelines.iter().map(|p| &p.from).collect();
+            for name in sources {
+                if let Some(StoreConfig::Postgres(pg)) = self.stores.get(name) {
+                    if pg.acknowledge == Acknowledge::Logged {
+                        problems.push(
+                            format!("stores.{name}.acknowledge"),
+                            "\"logged\" cannot be used with [lease]: a standby that takes over resumes from the targets' checkpoints, and the slot would already be confirmed past them; use \"applied\" (the default)",
+                        );
+                    }
+                }
+            }
         }
         problems.into_result()
     }

@@ -748,3 +748,55 @@ fn log_format_is_text_or_json() {
     let (message, _) = parse_error(&format!("log_format = \"yaml\"\n{}", base("")));
     assert!(message.contains("key `log_format`"), "{message}");
 }
+
+#[test]
+fn lease_defaults_and_durations() {
+    let config = Config::from_toml(&base("\n[lease]\nstore = \"erp\"\n")).expect("valid");
+    let lease = config.lease.expect("lease section");
+    assert_eq!(lease.name, DEFAULT_LEASE_NAME);
+    assert_eq!(lease.duration.0, DEFAULT_LEASE_DURATION);
+    assert!(lease
+        .holder_name()
+        .ends_with(&format!("-{}", std::process::id())));
+    let config = Config::from_toml(&base(
+        "\n[lease]\nstore = \"crm\"\nduration = \"3s\"\nholder = \"host-a\"\n",
+    ))
+    .expect("valid");
+    let lease = config.lease.expect("lease section");
+    assert_eq!(lease.duration.0, std::time::Duration::from_secs(3));
+    assert_eq!(lease.holder_name(), "host-a");
+    assert_eq!(
+        parse_duration("500ms"),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(
+        parse_duration("2m"),
+        Some(std::time::Duration::from_secs(120))
+    );
+    assert_eq!(parse_duration("15"), None);
+    assert_eq!(parse_duration("1h"), None);
+}
+
+#[test]
+fn lease_problems_name_their_keys() {
+    let (message, line) = parse_error(&base("\n[lease]\nstore = \"erp\"\nttl = \"3s\"\n"));
+    assert!(message.contains("unknown field `ttl`"), "{message}");
+    assert!(line.is_some());
+    let (message, _) = parse_error(&base("\n[lease]\nstore = \"erp\"\nduration = \"soon\"\n"));
+    assert!(message.contains("`soon` is not a duration"), "{message}");
+    let config = parse_only(&base(
+        "\n[lease]\nstore = \"nowhere\"\nduration = \"500ms\"\nname = \"\"\n",
+    ));
+    assert_problem(&config, "lease.store", "store `nowhere` is not defined");
+    assert_problem(&config, "lease.duration", "too short");
+    assert_problem(&config, "lease.name", "1 to 255");
+    let config = parse_only(&base("\n[lease]\nstore = \"erp\"\n").replace(
+        "url = \"postgres://callosum@127.0.0.1:5432/crm\"",
+        "url = \"postgres://callosum@127.0.0.1:5432/crm\"\nacknowledge = \"logged\"",
+    ));
+    assert_problem(
+        &config,
+        "stores.crm.acknowledge",
+        "cannot be used with [lease]",
+    );
+}

@@ -35,6 +35,11 @@ pub enum ErrorKind {
     /// A bug in Callosum itself (a worker panicked). Halts the pipeline and
     /// says so; never retried, never blamed on the data.
     Internal,
+    /// The target's checkpoint row carries a newer lease epoch than this
+    /// agent's: another agent took over the pipeline (active/standby). The
+    /// target transaction was rolled back; the agent steps down. Never
+    /// dead-letters anything.
+    Fenced,
 }
 
 /// Whether an error may go away by itself.
@@ -50,7 +55,7 @@ impl ErrorKind {
     /// Every kind, in declaration order (the metrics create a zero series
     /// of `callosum_errors_total` for each, so the first error of a kind is
     /// an increase, not a new series).
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Connection,
         ErrorKind::ServerUnavailable,
         ErrorKind::Contention,
@@ -64,6 +69,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Config,
         ErrorKind::Internal,
+        ErrorKind::Fenced,
     ];
 
     pub fn class(self) -> ErrorClass {
@@ -80,7 +86,8 @@ impl ErrorKind {
             | ErrorKind::PositionLost
             | ErrorKind::Protocol
             | ErrorKind::Config
-            | ErrorKind::Internal => ErrorClass::Permanent,
+            | ErrorKind::Internal
+            | ErrorKind::Fenced => ErrorClass::Permanent,
         }
     }
 
@@ -111,6 +118,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Config => "config",
             ErrorKind::Internal => "internal",
+            ErrorKind::Fenced => "fenced",
         }
     }
 }
@@ -206,9 +214,10 @@ mod tests {
                 ErrorKind::Protocol => 10,
                 ErrorKind::Config => 11,
                 ErrorKind::Internal => 12,
+                ErrorKind::Fenced => 13,
             }
         }
-        const LAST: ErrorKind = ErrorKind::Internal;
+        const LAST: ErrorKind = ErrorKind::Fenced;
         assert_eq!(
             ErrorKind::ALL.len(),
             place(LAST) + 1,

@@ -10,6 +10,7 @@
 
 pub mod batch;
 mod error;
+pub mod lease;
 pub mod mapping;
 mod position;
 pub mod table_map;
@@ -17,6 +18,7 @@ mod tls;
 mod value;
 
 pub use error::{ConnectorError, ErrorClass, ErrorKind};
+pub use lease::{Acquired, Fence, LeaseHolder, LeaseStore, LEASE_TABLE};
 pub use position::{Lsn, Position};
 pub use tls::{TlsFailure, TlsMode, TlsSettings};
 pub use value::{Interval, Value, ValueKind};

@@ -16,6 +16,7 @@ pub mod error;
 mod grants;
 pub mod jsonb;
 pub mod keys;
+mod lease;
 pub mod pg_text;
 pub mod row_value;
 mod sink;
@@ -28,6 +29,7 @@ mod tls;
 
 pub use check::{check_key_collations, check_target};
 pub use error::{classify, kind_of_code};
+pub use lease::{MySqlLease, MySqlLeaseConfig};
 pub use row_value::ZeroDates;
 pub use sink::{
     redact_url, MySqlSink, MySqlSinkConfig, MAX_ROWS_PER_STATEMENT, MAX_STATEMENT_BYTES, SQL_MODE,

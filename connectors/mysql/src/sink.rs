@@ -8,8 +8,8 @@ use crate::keys;
 use callosum_api::batch::{plan_with, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
-    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, TlsSettings,
-    Value, CHECKPOINT_TABLE,
+    ChangeEvent, ConnectorError, ErrorKind, Fence, Position, Sink, TableId, TableSchema,
+    TlsSettings, Value, CHECKPOINT_TABLE,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
@@ -51,6 +51,8 @@ pub struct MySqlSinkConfig {
     pub time_zone: Option<chrono_tz::Tz>,
     /// `tls` and `tls_ca_file` of the store.
     pub tls: TlsSettings,
+    /// The lease epoch every checkpoint write carries (active/standby).
+    pub fence: Fence,
 }
 
 impl fmt::Debug for MySqlSinkConfig {
@@ -61,6 +63,7 @@ impl fmt::Debug for MySqlSinkConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("pipeline", &self.pipeline)
             .field("tables", &self.tables)
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -328,7 +331,8 @@ impl MySqlSink {
                 " (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, \
                  source_position VARCHAR(255) NOT NULL, \
                  applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
-                 transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
+                 transactions BIGINT NOT NULL DEFAULT 0, \
+                 epoch BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
             );
             conn.query_drop(ddl)
                 .await
@@ -344,6 +348,22 @@ impl MySqlSink {
                 .await
                 .map_err(|e| classify(e, &store, &format!("creating `{dead_letters}`")))?;
             info!(store = %store, table = %dead_letters, "created dead-letter table");
+        }
+        ensure_epoch_column(&mut conn, &store, &checkpoint).await?;
+        if let Some(timeout) = config.fence.idle_transaction_timeout {
+            // a paused former leader's open transaction must not hold the
+            // checkpoint row (and the new leader's fence) until it wakes up;
+            // MariaDB only (MySQL has no such variable: its fence then
+            // waits for the paused agent's connection to time out)
+            let seconds = timeout.as_secs_f64().ceil().max(1.0) as u64;
+            if let Err(err) = conn
+                .query_drop(format!(
+                    "SET SESSION idle_write_transaction_timeout = {seconds}"
+                ))
+                .await
+            {
+                warn!(store = %store, error = %err, "cannot set idle_write_transaction_timeout: a paused former leader's open transaction delays a takeover until its connection times out");
+            }
         }
         let mut tables = HashMap::new();
         for (source, target) in &config.tables {
@@ -386,13 +406,6 @@ impl MySqlSink {
 
     fn checkpoint_table(&self) -> TableId {
         TableId::new(&self.database, CHECKPOINT_TABLE)
-    }
-
-    async fn run(&mut self, doing: &str) -> Result<(), ConnectorError> {
-        let sql = std::mem::take(&mut self.sql);
-        let result = self.conn.query_drop(&sql).await;
-        self.sql = sql;
-        result.map_err(|e| classify(e, &self.config.store, doing))
     }
 
     /// Best-effort rollback after a failure inside a transaction.
@@ -874,6 +887,104 @@ fn push_values_assignment(sql: &mut String, name: &str) {
     sql.push(')');
 }
 
+/// Adds the lease `epoch` column to a checkpoint table created before it
+/// existed. Two agents may race: the loser's "duplicate column" is success.
+async fn ensure_epoch_column(
+    conn: &mut Conn,
+    store: &str,
+    checkpoint: &TableId,
+) -> Result<(), ConnectorError> {
+    let mut sql = String::from(
+        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE COLUMN_NAME = 'epoch' AND TABLE_SCHEMA = ",
+    );
+    write_quoted(&mut sql, &checkpoint.namespace);
+    sql.push_str(" AND TABLE_NAME = ");
+    write_quoted(&mut sql, &checkpoint.name);
+    let present: Option<u64> = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| classify(e, store, "reading the checkpoint table's columns"))?;
+    if present.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    let mut alter = String::from("ALTER TABLE ");
+    push_table(&mut alter, checkpoint);
+    alter.push_str(" ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0");
+    match conn.query_drop(alter).await {
+        Ok(()) => {
+            info!(store = %store, "added the epoch column to the checkpoint table");
+            Ok(())
+        }
+        Err(mysql_async::Error::Server(server)) if server.code == 1060 => Ok(()),
+        Err(e) => Err(classify(e, store, "adding the epoch column to the checkpoint table")
+            .with_hint(format!(
+                "as a user with ALTER on it run ALTER TABLE {checkpoint} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0"
+            ))),
+    }
+}
+
+/// The error of a checkpoint write refused because the row carries a newer
+/// lease epoch than `epoch`.
+fn fenced(store: &str, pipeline: &str, epoch: i64) -> ConnectorError {
+    ConnectorError::new(
+        ErrorKind::Fenced,
+        format!(
+            "the checkpoint of pipeline `{pipeline}` in store `{store}` carries a newer lease epoch than this agent's ({epoch}): another agent took over"
+        ),
+    )
+    .with_hint("this agent steps down; check that every agent of this config has the same [lease] section")
+}
+
+impl MySqlSink {
+    /// Fences the checkpoint rows `keys` (a pipeline's and its replay's):
+    /// stores this sink's epoch in each, creating a row without a position
+    /// where there is none yet, unless a row already carries a newer epoch
+    /// (`Fenced`). Waits for a transaction of a former leader that holds a
+    /// row to end; after it, that leader's checkpoint writes fail.
+    pub async fn fence(&mut self, keys: &[String]) -> Result<(), ConnectorError> {
+        let epoch = self.config.fence.epoch;
+        let table = self.checkpoint_table();
+        let mut sql = String::from("INSERT INTO ");
+        push_table(&mut sql, &table);
+        sql.push_str(" (pipeline, source_position, applied_at, transactions, epoch) VALUES ");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            write_quoted(&mut sql, key);
+            sql.push_str(&format!(", '', UTC_TIMESTAMP(6), 0, {epoch})"));
+        }
+        sql.push_str(
+            " ON DUPLICATE KEY UPDATE epoch = IF(epoch <= VALUES(epoch), VALUES(epoch), epoch)",
+        );
+        let store = self.config.store.clone();
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(|e| classify(e, &store, "fencing the checkpoint rows"))?;
+        let mut check = String::from("SELECT pipeline FROM ");
+        push_table(&mut check, &table);
+        check.push_str(" WHERE pipeline IN (");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                check.push(',');
+            }
+            write_quoted(&mut check, key);
+        }
+        check.push_str(&format!(") AND epoch > {epoch} LIMIT 1"));
+        let newer: Option<String> = self
+            .conn
+            .query_first(check)
+            .await
+            .map_err(|e| classify(e, &store, "reading the fenced checkpoint rows"))?;
+        match newer {
+            None => Ok(()),
+            Some(pipeline) => Err(fenced(&store, &pipeline, epoch)),
+        }
+    }
+}
+
 impl Sink for MySqlSink {
     async fn refresh_targets(&mut self, tables: &[TableId]) -> Result<bool, ConnectorError> {
         if self.in_transaction {
@@ -893,6 +1004,8 @@ impl Sink for MySqlSink {
         push_table(&mut self.sql, &table);
         self.sql.push_str(" WHERE pipeline = ");
         write_quoted(&mut self.sql, &self.config.pipeline);
+        // a row fenced before its pipeline's first commit has no position
+        self.sql.push_str(" AND source_position <> ''");
         let sql = std::mem::take(&mut self.sql);
         let result: Result<Option<String>, _> = self.conn.query_first(&sql).await;
         self.sql = sql;
@@ -922,17 +1035,30 @@ impl Sink for MySqlSink {
         self.sql.push_str("START TRANSACTION; INSERT INTO ");
         push_table(&mut self.sql, &table);
         self.sql
-            .push_str(" (pipeline, source_position, applied_at, transactions) VALUES (");
+            .push_str(" (pipeline, source_position, applied_at, transactions, epoch) VALUES (");
         write_quoted(&mut self.sql, &self.config.pipeline);
         self.sql.push(',');
         write_quoted(&mut self.sql, &checkpoint.to_string());
-        self.sql.push_str(
-            ", UTC_TIMESTAMP(6), 1) ON DUPLICATE KEY UPDATE \
+        // fencing: a row holding a newer epoch makes the first assignment
+        // set the key to NULL, which the strict session refuses (1048)
+        // whatever the client's CLIENT_FOUND_ROWS setting
+        let epoch = self.config.fence.epoch;
+        self.sql.push_str(&format!(
+            ", UTC_TIMESTAMP(6), 1, {epoch}) ON DUPLICATE KEY UPDATE \
+             pipeline = IF(epoch <= VALUES(epoch), pipeline, NULL), \
              source_position = VALUES(source_position), applied_at = VALUES(applied_at), \
-             transactions = transactions + 1",
-        );
+             transactions = transactions + 1, epoch = VALUES(epoch)"
+        ));
         self.in_transaction = true;
-        let result = self.run("writing the checkpoint").await;
+        let sql = std::mem::take(&mut self.sql);
+        let result = self.conn.query_drop(&sql).await;
+        self.sql = sql;
+        let result = result.map_err(|e| match &e {
+            mysql_async::Error::Server(server) if server.code == 1048 => {
+                fenced(&self.config.store, &self.config.pipeline, epoch)
+            }
+            _ => classify(e, &self.config.store, "writing the checkpoint"),
+        });
         if result.is_err() {
             self.abort().await;
         }

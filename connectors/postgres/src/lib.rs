@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod error;
+pub mod lease;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;
@@ -29,6 +30,7 @@ mod tls;
 
 pub use check::{advice, check};
 pub use error::classify;
+pub use lease::{take_over_slot, PgLease, PgLeaseConfig};
 pub use sink::{ensure_checkpoint_table, PgSink, PgSinkConfig, UpsertStrategy};
 pub use sink_check::check_target;
 pub use source::{PgSource, PgSourceConfig, DEFAULT_STATUS_INTERVAL};

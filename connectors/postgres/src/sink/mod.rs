@@ -32,8 +32,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use callosum_api::batch::{plan_with, unique_key_positions, Step};
 use callosum_api::mapping::{ColumnMap, ColumnMaps, Mismatch};
 use callosum_api::{
-    ChangeEvent, ConnectorError, ErrorKind, Position, Sink, TableId, TableSchema, TlsSettings,
-    Value, CHECKPOINT_TABLE,
+    ChangeEvent, ConnectorError, ErrorKind, Fence, Position, Sink, TableId, TableSchema,
+    TlsSettings, Value, CHECKPOINT_TABLE,
 };
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
@@ -79,6 +79,8 @@ pub struct PgSinkConfig {
     pub tables: Vec<(TableId, TableId)>,
     /// `tls` and `tls_ca_file` of the store.
     pub tls: TlsSettings,
+    /// The lease epoch every checkpoint write carries (active/standby).
+    pub fence: Fence,
 }
 
 impl fmt::Debug for PgSinkConfig {
@@ -89,6 +91,7 @@ impl fmt::Debug for PgSinkConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("pipeline", &self.pipeline)
             .field("tables", &self.tables)
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -278,7 +281,7 @@ pub(crate) async fn read_table(
 
 /// Aborts the connection task when the sink is dropped.
 #[derive(Debug)]
-pub(crate) struct ConnectionTask(JoinHandle<()>);
+pub(crate) struct ConnectionTask(pub(crate) JoinHandle<()>);
 
 impl Drop for ConnectionTask {
     fn drop(&mut self) {
@@ -323,9 +326,60 @@ pub(crate) fn checkpoint_ddl() -> String {
     push_table(&mut ddl, &checkpoint_table());
     ddl.push_str(
         " (pipeline text PRIMARY KEY, source_position text NOT NULL, \
-         applied_at timestamptz NOT NULL, transactions bigint NOT NULL DEFAULT 0)",
+         applied_at timestamptz NOT NULL, transactions bigint NOT NULL DEFAULT 0, \
+         epoch bigint NOT NULL DEFAULT 0)",
     );
     ddl
+}
+
+/// Adds the lease `epoch` column to a checkpoint table created before it
+/// existed (under the same advisory lock as the table's creation).
+fn add_epoch_column_sql() -> String {
+    let mut sql =
+        format!("BEGIN; SELECT pg_advisory_xact_lock({CHECKPOINT_DDL_LOCK}); ALTER TABLE ");
+    push_table(&mut sql, &checkpoint_table());
+    sql.push_str(" ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0; COMMIT");
+    sql
+}
+
+/// Creates the checkpoint and dead-letter tables when missing (an older
+/// agent created the checkpoint table without the dead-letter table) and
+/// adds the checkpoint table's `epoch` column when the table predates it.
+/// Each runs only when needed: a role may lack `CREATE` on the schema when
+/// an administrator created the tables, and the `ALTER` takes an exclusive
+/// lock on the table.
+async fn ensure_checkpoint_columns(client: &Client, store: &str) -> Result<(), ConnectorError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('public.callosum_checkpoint') IS NOT NULL \
+             AND to_regclass('public.callosum_dead_letter') IS NOT NULL, \
+             to_regclass('public.callosum_checkpoint') IS NULL OR EXISTS (SELECT 1 FROM pg_attribute \
+             WHERE attrelid = to_regclass('public.callosum_checkpoint') AND attname = 'epoch' AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .map_err(|e| from_sql_without_values(store, "read the checkpoint table's columns", e))?;
+    let (tables_exist, has_epoch): (bool, bool) = (row.get(0), row.get(1));
+    if !tables_exist {
+        client
+            .batch_execute(&create_checkpoint_sql())
+            .await
+            .map_err(|e| from_sql_without_values(store, "create the checkpoint table", e))?;
+        info!(store = %store, table = %checkpoint_table(), "created checkpoint table");
+    }
+    if !has_epoch {
+        client
+            .batch_execute(&add_epoch_column_sql())
+            .await
+            .map_err(|e| {
+                from_sql_without_values(store, "add the epoch column to the checkpoint table", e)
+                    .with_hint(format!(
+                        "as the table's owner run ALTER TABLE {CHECKPOINT_SCHEMA}.{CHECKPOINT_TABLE} ADD COLUMN epoch bigint NOT NULL DEFAULT 0"
+                    ))
+            })?;
+        info!(store = %store, "added the epoch column to the checkpoint table");
+    }
+    Ok(())
 }
 
 /// [`checkpoint_ddl`] made safe to run from several sessions at once: two
@@ -352,10 +406,7 @@ const CHECKPOINT_DDL_LOCK: i64 = 0x63616c6c6f73756d;
 /// suppression).
 pub async fn ensure_checkpoint_table(config: &PgSinkConfig) -> Result<(), ConnectorError> {
     let (client, _task) = open(config).await?;
-    client
-        .batch_execute(&create_checkpoint_sql())
-        .await
-        .map_err(|e| from_sql_without_values(&config.store, "create the checkpoint table", e))
+    ensure_checkpoint_columns(&client, &config.store).await
 }
 
 /// A target table with the sink's per-connection state for it.
@@ -557,19 +608,18 @@ impl PgSink {
                 "cannot set session_replication_role: foreign keys stay checked in the target"
             ),
         }
-        let checkpoint = checkpoint_table();
-        // an older agent created the checkpoint table without the
-        // dead-letter table
-        if read_table(&conn.client, &store, &checkpoint)
-            .await?
-            .is_none()
-            || read_table(&conn.client, &store, &dead_letter_table())
-                .await?
-                .is_none()
-        {
-            conn.simple(&create_checkpoint_sql(), &format!("create `{checkpoint}`"))
-                .await?;
-            info!(store = %store, table = %checkpoint, "created checkpoint table");
+        ensure_checkpoint_columns(&conn.client, &store).await?;
+        if let Some(timeout) = config.fence.idle_transaction_timeout {
+            // a paused former leader's open transaction must not hold the
+            // checkpoint row (and the new leader's fence) until it wakes up
+            conn.simple(
+                &format!(
+                    "SET idle_in_transaction_session_timeout = {}",
+                    timeout.as_millis().max(1)
+                ),
+                "set idle_in_transaction_session_timeout",
+            )
+            .await?;
         }
         let may_stage: bool = conn
             .client
@@ -882,6 +932,58 @@ impl PgSink {
     }
 }
 
+/// The error of a checkpoint write refused because the row carries a newer
+/// lease epoch than `epoch`.
+fn fenced(store: &str, pipeline: &str, epoch: i64) -> ConnectorError {
+    ConnectorError::new(
+        ErrorKind::Fenced,
+        format!(
+            "postgres store `{store}`: the checkpoint of pipeline `{pipeline}` carries a newer lease epoch than this agent's ({epoch}): another agent took over"
+        ),
+    )
+    .with_hint("this agent steps down; check that every agent of this config has the same [lease] section")
+}
+
+impl PgSink {
+    /// Fences the checkpoint rows `keys` (a pipeline's and its replay's):
+    /// stores this sink's epoch in each, creating a row without a position
+    /// where there is none yet, unless a row already carries a newer epoch
+    /// (`Fenced`). Waits for a transaction of a former leader that holds a
+    /// row to end; after it, that leader's checkpoint writes fail.
+    pub async fn fence(&mut self, keys: &[String]) -> Result<(), ConnectorError> {
+        let epoch = self.config.fence.epoch;
+        let mut sql = String::from("INSERT INTO ");
+        push_table(&mut sql, &checkpoint_table());
+        sql.push_str(
+            " AS c (pipeline, source_position, applied_at, transactions, epoch) \
+             SELECT k, '', now(), 0, $2 FROM unnest($1::text[]) AS k \
+             ON CONFLICT (pipeline) DO UPDATE SET epoch = EXCLUDED.epoch WHERE c.epoch <= EXCLUDED.epoch",
+        );
+        let store = &self.config.store;
+        self.conn
+            .client
+            .execute(&sql, &[&keys, &epoch])
+            .await
+            .map_err(|e| from_sql_without_values(store, "fence the checkpoint rows", e))?;
+        let mut check = String::from("SELECT pipeline, epoch FROM ");
+        push_table(&mut check, &checkpoint_table());
+        check.push_str(" WHERE pipeline = ANY($1) AND epoch > $2");
+        let newer = self
+            .conn
+            .client
+            .query(&check, &[&keys, &epoch])
+            .await
+            .map_err(|e| from_sql_without_values(store, "read the fenced checkpoint rows", e))?;
+        match newer.first() {
+            None => Ok(()),
+            Some(row) => {
+                let pipeline: String = row.get(0);
+                Err(fenced(store, &pipeline, epoch))
+            }
+        }
+    }
+}
+
 impl Sink for PgSink {
     async fn refresh_targets(&mut self, tables: &[TableId]) -> Result<bool, ConnectorError> {
         if self.in_transaction {
@@ -897,7 +999,8 @@ impl Sink for PgSink {
     async fn checkpoint(&mut self) -> Result<Option<Position>, ConnectorError> {
         let mut sql = String::from("SELECT source_position FROM ");
         push_table(&mut sql, &checkpoint_table());
-        sql.push_str(" WHERE pipeline = $1");
+        // a row fenced before its pipeline's first commit has no position
+        sql.push_str(" WHERE pipeline = $1 AND source_position <> ''");
         let store = &self.config.store;
         let row = self
             .conn
@@ -928,19 +1031,39 @@ impl Sink for PgSink {
         for target in self.targets.values_mut() {
             target.stage_used = false;
         }
+        let epoch = self.config.fence.epoch;
         let mut sql = String::from("BEGIN; INSERT INTO ");
         push_table(&mut sql, &checkpoint_table());
-        sql.push_str(" AS c (pipeline, source_position, applied_at, transactions) VALUES (");
+        sql.push_str(" AS c (pipeline, source_position, applied_at, transactions, epoch) VALUES (");
         sql.push_str(&quote_literal(&self.config.pipeline));
         sql.push(',');
         sql.push_str(&quote_literal(&checkpoint.to_string()));
-        sql.push_str(
-            ", now(), 1) ON CONFLICT (pipeline) DO UPDATE SET \
+        sql.push_str(&format!(
+            ", now(), 1, {epoch}) ON CONFLICT (pipeline) DO UPDATE SET \
              source_position = EXCLUDED.source_position, applied_at = EXCLUDED.applied_at, \
-             transactions = c.transactions + 1",
-        );
+             transactions = c.transactions + 1, epoch = EXCLUDED.epoch \
+             WHERE c.epoch <= EXCLUDED.epoch"
+        ));
         self.in_transaction = true;
-        let result = self.conn.simple(&sql, "write the checkpoint").await;
+        let result =
+            self.conn.client.simple_query(&sql).await.map_err(|e| {
+                from_sql_without_values(&self.config.store, "write the checkpoint", e)
+            });
+        let result = result.and_then(|messages| {
+            // BEGIN, then the upsert: 0 rows when a newer epoch holds the row
+            let written = messages
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+                    _ => None,
+                })
+                .nth(1);
+            if written == Some(1) {
+                Ok(())
+            } else {
+                Err(fenced(&self.config.store, &self.config.pipeline, epoch))
+            }
+        });
         if result.is_err() {
             self.abort().await;
         }
@@ -1150,6 +1273,7 @@ mod tests {
             password: Some("secret".into()),
             pipeline: "p".into(),
             tables: vec![],
+            fence: Default::default(),
         };
         let text = format!("{config:?}");
         assert!(!text.contains("pw"), "{text}");
