@@ -52,7 +52,7 @@ pub async fn check_target(
             if checkpoint_exists {
                 format!("GRANT {list} ON `{database}`.`{CHECKPOINT_TABLE}` TO {user};")
             } else {
-                format!("GRANT {list} ON `{database}`.* TO {user}; (or create the table as an administrator: CREATE TABLE `{database}`.`{CHECKPOINT_TABLE}` (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB; and grant SELECT, INSERT, UPDATE on it)")
+                format!("GRANT {list} ON `{database}`.* TO {user}; (or create the table as an administrator: CREATE TABLE `{database}`.`{CHECKPOINT_TABLE}` (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), transactions BIGINT NOT NULL DEFAULT 0, epoch BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB; and grant SELECT, INSERT, UPDATE on it)")
             },
         ));
     }
