@@ -75,6 +75,8 @@ fn rules_query_only_exported_and_documented_metrics() {
     metrics.pipeline("crm_to_erp");
     metrics.store("crm");
     metrics.set_pipeline_states([("crm_to_erp", "streaming")], &["streaming", "halted"]);
+    // an agent with [lease] exports it from its start
+    metrics.lease_active.with_label_values(&["host-a"]).set(1);
     let exported = metrics.encode();
     for name in &names {
         assert!(
