@@ -43,6 +43,7 @@ fn config(db: &Db, tables: &[&str]) -> MySqlSourceConfig {
         zero_dates: ZeroDates::Error,
         time_zone: None,
         echo_origins: callosum_api::EchoOrigins::default(),
+        dump_write_timeout: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Active/standby agents on one config (`[lease]`): two agent processes with
-//! their own `data_dir` and listener, one lease row in the MariaDB target.
+//! their own `data_dir` and listener, one lease row in the target store,
+//! PostgreSQL → MariaDB and MariaDB → PostgreSQL.
 //! Only the lease holder applies; when it dies (SIGKILL) the standby takes
 //! over within 30 s from the targets' checkpoints; when it is paused
 //! (SIGSTOP) longer than its lease, the standby takes over and the former
@@ -116,23 +117,45 @@ impl TestAgent {
     }
 }
 
-/// The config of both agents: PostgreSQL → MariaDB with the lease row in
-/// the MariaDB store; `@DATA_DIR@`, `@LISTEN@` and `@HOLDER@` are filled
-/// per agent.
-fn shared_config(db: &Databases, duration: &str) -> String {
-    let pipeline = TestPipeline {
-        name: "pg_to_mysql",
-        from: "crm",
-        to: "erp",
-        tables: &["public.orders"],
-    };
-    let toml = common::config_toml_with(db, Path::new("@DATA_DIR@"), &[pipeline], "@LISTEN@");
-    format!("{toml}\n[lease]\nstore = \"erp\"\nduration = \"{duration}\"\nholder = \"@HOLDER@\"\n")
+/// Which way the scenario replicates; the lease row lives in the target.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Direction {
+    PgToMysql,
+    MysqlToPg,
 }
 
-/// The checkpoint audit of the MariaDB target, with the epoch and the
-/// transaction counter of each write.
-async fn install_audit(db: &Databases) {
+const PIPELINE: &str = "pipe";
+
+/// The config of both agents, with the lease row in the target store;
+/// `@DATA_DIR@`, `@LISTEN@` and `@HOLDER@` are filled per agent.
+fn shared_config(db: &Databases, duration: &str, direction: Direction) -> String {
+    let (from, to, tables): (_, _, &[&str]) = match direction {
+        Direction::PgToMysql => ("crm", "erp", &["public.orders"]),
+        Direction::MysqlToPg => ("erp", "crm", &["orders"]),
+    };
+    let pipeline = TestPipeline {
+        name: PIPELINE,
+        from,
+        to,
+        tables,
+    };
+    let toml = common::config_toml_with(db, Path::new("@DATA_DIR@"), &[pipeline], "@LISTEN@");
+    format!("{toml}\n[lease]\nstore = \"{to}\"\nduration = \"{duration}\"\nholder = \"@HOLDER@\"\n")
+}
+
+/// The checkpoint audit of the target, with the epoch and the transaction
+/// counter of each write.
+async fn install_audit(db: &Databases, direction: Direction) {
+    if direction == Direction::MysqlToPg {
+        db.pg
+            .batch_execute(
+                "CREATE TABLE callosum_checkpoint (pipeline text PRIMARY KEY, source_position text NOT NULL, applied_at timestamptz NOT NULL, transactions bigint NOT NULL DEFAULT 0);
+                 CREATE TABLE checkpoint_audit (seq bigserial PRIMARY KEY, pipeline text, source_position text, transactions bigint, epoch bigint);",
+            )
+            .await
+            .unwrap();
+        return;
+    }
     for ddl in [
         "CREATE TABLE callosum_checkpoint (pipeline VARCHAR(255) NOT NULL PRIMARY KEY, source_position VARCHAR(255) NOT NULL, applied_at TIMESTAMP(6) NOT NULL, transactions BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
         "CREATE TABLE checkpoint_audit (seq BIGINT AUTO_INCREMENT PRIMARY KEY, pipeline VARCHAR(255), source_position VARCHAR(255), transactions BIGINT, epoch BIGINT) ENGINE=InnoDB",
@@ -143,7 +166,20 @@ async fn install_audit(db: &Databases) {
 
 /// The triggers need the `epoch` column, which the first agent adds to the
 /// table created without it (as one created before leases existed).
-async fn install_audit_triggers(db: &Databases) {
+async fn install_audit_triggers(db: &Databases, direction: Direction) {
+    if direction == Direction::MysqlToPg {
+        // ALWAYS: the sink's session runs with session_replication_role = replica
+        db.pg
+            .batch_execute(
+                "CREATE FUNCTION audit_checkpoint() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN INSERT INTO checkpoint_audit (pipeline, source_position, transactions, epoch) VALUES (NEW.pipeline, NEW.source_position, NEW.transactions, NEW.epoch); RETURN NEW; END $$;
+                 CREATE TRIGGER audit AFTER INSERT OR UPDATE ON callosum_checkpoint FOR EACH ROW EXECUTE FUNCTION audit_checkpoint();
+                 ALTER TABLE callosum_checkpoint ENABLE ALWAYS TRIGGER audit;",
+            )
+            .await
+            .unwrap();
+        return;
+    }
     for ddl in [
         "CREATE TRIGGER audit_insert AFTER INSERT ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position, transactions, epoch) VALUES (NEW.pipeline, NEW.source_position, NEW.transactions, NEW.epoch)",
         "CREATE TRIGGER audit_update AFTER UPDATE ON callosum_checkpoint FOR EACH ROW INSERT INTO checkpoint_audit (pipeline, source_position, transactions, epoch) VALUES (NEW.pipeline, NEW.source_position, NEW.transactions, NEW.epoch)",
@@ -152,16 +188,27 @@ async fn install_audit_triggers(db: &Databases) {
     }
 }
 
-/// Checks the audit: the applying writes of pipeline `pg_to_mysql` (those
-/// that move its transaction counter; a fence only stores an epoch) have
-/// strictly increasing positions, and no write carries an older epoch than
-/// one before it. Returns the epochs seen, in order, deduplicated.
-async fn assert_audit(db: &Databases, context: &str) -> Vec<i64> {
-    let rows = common::mysql_rows(
-        &db.mysql,
-        "SELECT source_position, CAST(transactions AS CHAR), CAST(epoch AS CHAR) FROM checkpoint_audit WHERE pipeline = 'pg_to_mysql' ORDER BY seq",
-    )
-    .await;
+/// Checks the audit: the applying writes of the pipeline (those that move
+/// its transaction counter; a fence only stores an epoch) have strictly
+/// increasing positions, and no write carries an older epoch than one
+/// before it. Returns the epochs seen, in order, deduplicated.
+async fn assert_audit(db: &Databases, direction: Direction, context: &str) -> Vec<i64> {
+    let rows = match direction {
+        Direction::PgToMysql => {
+            common::mysql_rows(
+                &db.mysql,
+                "SELECT source_position, CAST(transactions AS CHAR), CAST(epoch AS CHAR) FROM checkpoint_audit WHERE pipeline = 'pipe' ORDER BY seq",
+            )
+            .await
+        }
+        Direction::MysqlToPg => {
+            common::pg_rows(
+                &db.pg,
+                "SELECT source_position, transactions::text, epoch::text FROM checkpoint_audit WHERE pipeline = 'pipe' ORDER BY seq",
+            )
+            .await
+        }
+    };
     let mut positions = Vec::new();
     let mut epochs: Vec<i64> = Vec::new();
     let mut last_count: Option<i64> = None;
@@ -190,21 +237,39 @@ async fn assert_audit(db: &Databases, context: &str) -> Vec<i64> {
 
 /// Inserts one row per source transaction, with ids from 1 up, until
 /// stopped; returns how many it committed.
-fn start_load(db: &Databases) -> (Arc<AtomicBool>, tokio::task::JoinHandle<i64>) {
+fn start_load(
+    db: &Databases,
+    direction: Direction,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<i64>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let url = db.pg_url.clone();
+    let (pg_url, mysql_url) = (db.pg_url.clone(), db.mysql_url.clone());
     let flag = stop.clone();
     let load = tokio::spawn(async move {
-        let pg = common::pg_client(&url).await;
+        let pg = common::pg_client(&pg_url).await;
+        let mysql = mysql_async::Pool::new(mysql_url.as_str());
         let next = AtomicI64::new(1);
         while !flag.load(Ordering::Relaxed) {
             let id = next.fetch_add(1, Ordering::Relaxed);
-            pg.execute(
-                "INSERT INTO orders VALUES ($1::bigint, $1::bigint % 7, 'new', 1.50, 'load')",
-                &[&id],
-            )
-            .await
-            .unwrap();
+            match direction {
+                Direction::PgToMysql => {
+                    pg.execute(
+                        "INSERT INTO orders VALUES ($1::bigint, $1::bigint % 7, 'new', 1.50, 'load')",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap();
+                }
+                Direction::MysqlToPg => {
+                    common::mysql_exec(
+                        &mysql,
+                        &format!(
+                            "INSERT INTO orders VALUES ({id}, {}, 'new', 1.50, 'load')",
+                            id % 7
+                        ),
+                    )
+                    .await
+                }
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         next.load(Ordering::Relaxed) - 1
@@ -212,17 +277,19 @@ fn start_load(db: &Databases) -> (Arc<AtomicBool>, tokio::task::JoinHandle<i64>)
     (stop, load)
 }
 
-async fn target_rows(db: &Databases) -> i64 {
-    common::mysql_rows(&db.mysql, "SELECT CAST(COUNT(*) AS CHAR) FROM orders").await[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap()
+async fn target_rows(db: &Databases, direction: Direction) -> i64 {
+    let rows = match direction {
+        Direction::PgToMysql => {
+            common::mysql_rows(&db.mysql, "SELECT CAST(COUNT(*) AS CHAR) FROM orders").await
+        }
+        Direction::MysqlToPg => common::pg_rows(&db.pg, "SELECT count(*)::text FROM orders").await,
+    };
+    rows[0][0].as_deref().unwrap().parse().unwrap()
 }
 
-async fn wait_for_target_rows(db: &Databases, at_least: i64, what: &str) {
+async fn wait_for_target_rows(db: &Databases, direction: Direction, at_least: i64, what: &str) {
     common::wait_for(what, Duration::from_secs(60), || async {
-        target_rows(db).await >= at_least
+        target_rows(db, direction).await >= at_least
     })
     .await;
 }
@@ -233,6 +300,7 @@ async fn start_pair(
     db: &Databases,
     dir: &Path,
     toml: &str,
+    direction: Direction,
 ) -> (TestAgent, TestAgent, ShowLogOnPanic) {
     let (a, a_log) = TestAgent::start(dir, toml, "agent_a");
     let (b, b_log) = TestAgent::start(dir, toml, "agent_b");
@@ -249,12 +317,23 @@ async fn start_pair(
         assert!(Instant::now() < deadline, "no agent took the lease");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    common::wait_for_slot(db).await;
-    install_audit_triggers(db).await;
+    // capture starts where the source is when it connects: ready means
+    // connected, so the load's first row is captured
+    common::wait_for(
+        "the active agent to be ready",
+        Duration::from_secs(60),
+        || async {
+            http_get(a.listen, "/readyz")
+                .await
+                .starts_with("HTTP/1.1 200")
+        },
+    )
+    .await;
+    install_audit_triggers(db, direction).await;
     let standby = b.status().await;
     assert_eq!(standby["lease"]["role"], "standby", "{standby}");
     assert_eq!(
-        standby["pipelines"]["pg_to_mysql"]["state"], "standby",
+        standby["pipelines"][PIPELINE]["state"], "standby",
         "{standby}"
     );
     assert!(
@@ -272,18 +351,19 @@ async fn start_pair(
     (a, b, guard)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
+/// SIGKILL of the active agent during a load: the standby takes over
+/// within 30 s, the target ends equal to the source, nothing twice.
+async fn killed_leader(direction: Direction, prefix: &str) {
     let _serial = SERIAL.lock().await;
-    let db = common::fresh_databases("standby_kill").await;
+    let db = common::fresh_databases(prefix).await;
     create_plain_orders(&db).await;
-    install_audit(&db).await;
+    install_audit(&db, direction).await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = shared_config(&db, "5s");
-    let (mut a, b, _logs) = start_pair(&db, dir.path(), &toml).await;
+    let toml = shared_config(&db, "5s", direction);
+    let (mut a, b, _logs) = start_pair(&db, dir.path(), &toml, direction).await;
 
-    let (stop, load) = start_load(&db);
-    wait_for_target_rows(&db, 200, "the active agent to apply the load").await;
+    let (stop, load) = start_load(&db, direction);
+    wait_for_target_rows(&db, direction, 200, "the active agent to apply the load").await;
     let status = agent_process::kill(&mut a.child).await;
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -291,8 +371,8 @@ async fn the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
     );
     let killed = Instant::now();
     b.wait_for_role("active", Duration::from_secs(30)).await;
-    let before = target_rows(&db).await;
-    wait_for_target_rows(&db, before + 100, "the new leader to apply").await;
+    let before = target_rows(&db, direction).await;
+    wait_for_target_rows(&db, direction, before + 100, "the new leader to apply").await;
     let took_over = killed.elapsed();
     assert!(
         took_over < Duration::from_secs(30),
@@ -301,34 +381,36 @@ async fn the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
     stop.store(true, Ordering::Relaxed);
     let inserted = load.await.unwrap();
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
-    assert_eq!(target_rows(&db).await, inserted);
-    let epochs = assert_audit(&db, "after the takeover from a killed leader").await;
+    assert_eq!(target_rows(&db, direction).await, inserted);
+    let epochs = assert_audit(&db, direction, "after the takeover from a killed leader").await;
     assert_eq!(epochs.len(), 2, "two leaders, two epochs: {epochs:?}");
     let status = b.status().await;
-    assert_eq!(status["pipelines"]["pg_to_mysql"]["state"], "streaming");
-    assert_eq!(status["pipelines"]["pg_to_mysql"]["dead_letters"], 0);
+    assert_eq!(status["pipelines"][PIPELINE]["state"], "streaming");
+    assert_eq!(status["pipelines"][PIPELINE]["dead_letters"], 0);
     assert_eq!(status["lease"]["epoch"], epochs[1]);
-    eprintln!("takeover after SIGKILL: {took_over:?} (lease 5 s)");
+    eprintln!("{direction:?}: takeover after SIGKILL: {took_over:?} (lease 5 s)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_leader_that_wakes_up_applies_nothing_and_steps_down() {
+/// SIGSTOP of the active agent for longer than its lease during a load:
+/// the standby takes over and applies; SIGCONT: the former leader applies
+/// nothing and exits to step down.
+async fn paused_leader(direction: Direction, prefix: &str) {
     let _serial = SERIAL.lock().await;
-    let db = common::fresh_databases("standby_pause").await;
+    let db = common::fresh_databases(prefix).await;
     create_plain_orders(&db).await;
-    install_audit(&db).await;
+    install_audit(&db, direction).await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = shared_config(&db, "3s");
-    let (mut a, b, _logs) = start_pair(&db, dir.path(), &toml).await;
+    let toml = shared_config(&db, "3s", direction);
+    let (mut a, b, _logs) = start_pair(&db, dir.path(), &toml, direction).await;
 
-    let (stop, load) = start_load(&db);
-    wait_for_target_rows(&db, 200, "the active agent to apply the load").await;
+    let (stop, load) = start_load(&db, direction);
+    wait_for_target_rows(&db, direction, 200, "the active agent to apply the load").await;
     // paused mid-load: it may hold an open target transaction and the slot
     a.signal("-STOP");
     let paused = Instant::now();
     b.wait_for_role("active", Duration::from_secs(30)).await;
-    let before = target_rows(&db).await;
-    wait_for_target_rows(&db, before + 100, "the new leader to apply").await;
+    let before = target_rows(&db, direction).await;
+    wait_for_target_rows(&db, direction, before + 100, "the new leader to apply").await;
     let took_over = paused.elapsed();
     assert!(took_over < Duration::from_secs(30), "{took_over:?}");
 
@@ -339,16 +421,44 @@ async fn a_paused_leader_that_wakes_up_applies_nothing_and_steps_down() {
         .unwrap();
     assert_eq!(exit.code(), Some(EXIT_STEPPED_DOWN), "{exit:?}");
 
-    let before = target_rows(&db).await;
-    wait_for_target_rows(&db, before + 50, "the new leader to go on applying").await;
+    let before = target_rows(&db, direction).await;
+    wait_for_target_rows(
+        &db,
+        direction,
+        before + 50,
+        "the new leader to go on applying",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let inserted = load.await.unwrap();
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
-    assert_eq!(target_rows(&db).await, inserted);
-    let epochs = assert_audit(&db, "after the paused leader woke up").await;
+    assert_eq!(target_rows(&db, direction).await, inserted);
+    let epochs = assert_audit(&db, direction, "after the paused leader woke up").await;
     assert_eq!(epochs.len(), 2, "two leaders, two epochs: {epochs:?}");
     let status = b.status().await;
-    assert_eq!(status["pipelines"]["pg_to_mysql"]["state"], "streaming");
-    assert_eq!(status["pipelines"]["pg_to_mysql"]["dead_letters"], 0);
-    eprintln!("takeover after SIGSTOP: {took_over:?} (lease 3 s)");
+    assert_eq!(status["pipelines"][PIPELINE]["state"], "streaming");
+    assert_eq!(status["pipelines"][PIPELINE]["dead_letters"], 0);
+    eprintln!("{direction:?}: takeover after SIGSTOP: {took_over:?} (lease 3 s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_to_mysql_the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
+    killed_leader(Direction::PgToMysql, "standby_kill_pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_to_mysql_a_paused_leader_that_wakes_up_applies_nothing_and_steps_down() {
+    paused_leader(Direction::PgToMysql, "standby_pause_pg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_pg_the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
+    killed_leader(Direction::MysqlToPg, "standby_kill_my").await;
+}
+
+/// The former leader's binlog dump (same `server_id`) is ended by the
+/// server when the new leader's registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_to_pg_a_paused_leader_that_wakes_up_applies_nothing_and_steps_down() {
+    paused_leader(Direction::MysqlToPg, "standby_pause_my").await;
 }

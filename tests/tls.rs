@@ -158,6 +158,7 @@ fn mysql_source(url: &str, tls: TlsSettings) -> MySqlSourceConfig {
         time_zone: None,
         echo_origins: Default::default(),
         tls,
+        dump_write_timeout: None,
     }
 }
 

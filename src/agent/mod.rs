@@ -298,6 +298,7 @@ impl Pipelines {
                 pipelines: readers_by_store[store_name].clone(),
                 metrics: metrics.store(store_name),
                 status: status.clone(),
+                dump_write_timeout: fence.idle_transaction_timeout,
             };
             if let Ok(SourceConfig::Postgres(source)) =
                 source_config(store_name, &config.stores[store_name], Vec::new())
@@ -714,6 +715,7 @@ pub(crate) fn source_config(
             time_zone: mysql.time_zone,
             echo_origins: EchoOrigins::default(),
             tls: mysql.tls.clone(),
+            dump_write_timeout: None,
         }),
     })
 }
@@ -781,6 +783,9 @@ struct CaptureWorker {
     pipelines: Vec<String>,
     metrics: StoreMetrics,
     status: Arc<AgentStatus>,
+    /// With `[lease]`: the binlog dump's `net_write_timeout`
+    /// ([`MySqlSourceConfig::dump_write_timeout`]).
+    dump_write_timeout: Option<Duration>,
 }
 
 struct StoreObserver<'a> {
@@ -860,7 +865,10 @@ impl CaptureWorker {
         let mut config = source_config(&self.store, &self.config, self.tables.clone())?;
         match &mut config {
             SourceConfig::Postgres(c) => c.echo_origins = self.echo_origins.clone(),
-            SourceConfig::Mysql(c) => c.echo_origins = self.echo_origins.clone(),
+            SourceConfig::Mysql(c) => {
+                c.echo_origins = self.echo_origins.clone();
+                c.dump_write_timeout = self.dump_write_timeout;
+            }
         }
         // a store that is also a target: its checkpoint table must exist
         // before the publication is made, or Callosum's own writes to it

@@ -2,9 +2,10 @@
 //! [`callosum_api::LeaseStore`]), in the url's database.
 //!
 //! Expiry is decided by the server's `UTC_TIMESTAMP(6)`, never by an
-//! agent's clock. A binlog source needs no takeover of its own: a dump
-//! connection registering with the same `server_id` makes the server end
-//! the former leader's.
+//! agent's clock. A binlog source needs no takeover step of its own: the
+//! new leader's dump (same `server_id`) starts once the former leader's is
+//! gone, which `MySqlSourceConfig::dump_write_timeout` bounds for a paused
+//! former leader.
 
 use std::fmt;
 use std::time::Duration;

@@ -56,6 +56,13 @@ pub struct MySqlSourceConfig {
     pub echo_origins: EchoOrigins,
     /// `tls` and `tls_ca_file` of the store (binlog and catalog connections).
     pub tls: TlsSettings,
+    /// When set, the `net_write_timeout` of the binlog dump session: the
+    /// server ends a dump whose reader has not taken its events for this
+    /// long. With `[lease]` (the lease's duration): a paused former
+    /// leader's dump, blocked on a full socket, would otherwise hold the
+    /// `server_id` (and keep the new leader's dump waiting) for the
+    /// server's default 60 s.
+    pub dump_write_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for MySqlSourceConfig {
@@ -69,6 +76,7 @@ impl fmt::Debug for MySqlSourceConfig {
             .field("zero_dates", &self.zero_dates)
             .field("time_zone", &self.time_zone)
             .field("echo_origins", &self.echo_origins)
+            .field("dump_write_timeout", &self.dump_write_timeout)
             .finish()
     }
 }
@@ -394,6 +402,12 @@ impl MySqlSource {
         ))
         .await
         .map_err(fail("setting the heartbeat period"))?;
+        if let Some(timeout) = config.dump_write_timeout {
+            let seconds = timeout.as_secs_f64().ceil().max(1.0) as u64;
+            dump.query_drop(format!("SET SESSION net_write_timeout = {seconds}"))
+                .await
+                .map_err(fail("setting net_write_timeout"))?;
+        }
         if mariadb {
             dump.query_drop("SET @mariadb_slave_capability = 4")
                 .await
@@ -737,6 +751,7 @@ mod tests {
             zero_dates: ZeroDates::Error,
             time_zone: None,
             echo_origins: EchoOrigins::default(),
+            dump_write_timeout: None,
         };
         let text = format!("{c:?}");
         assert!(
