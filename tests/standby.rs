@@ -126,6 +126,26 @@ enum Direction {
 
 const PIPELINE: &str = "pipe";
 
+/// `POST path` (no body) to an agent's listener.
+async fn http_post(listen: SocketAddr, path: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(listen).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {listen}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    })
+    .await
+    .unwrap()
+}
+
 /// The config of both agents, with the lease row in the target store;
 /// `@DATA_DIR@`, `@LISTEN@` and `@HOLDER@` are filled per agent.
 fn shared_config(db: &Databases, duration: &str, direction: Direction) -> String {
@@ -341,6 +361,12 @@ async fn start_pair(
             .await
             .starts_with("HTTP/1.1 200"),
         "a standby is not ready"
+    );
+    // only the active agent applies: a standby refuses a replay
+    let refused = http_post(b.listen, format!("/dlq/{PIPELINE}/replay")).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 409") && refused.contains("standby"),
+        "{refused}"
     );
     common::wait_for(
         "the standby to see the active agent",

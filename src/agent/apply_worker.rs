@@ -355,7 +355,7 @@ impl ApplyWorker {
 }
 
 /// Answers `command` with `why` it cannot be done.
-fn refuse(command: DeadLetterCommand, why: &str) {
+pub(super) fn refuse(command: DeadLetterCommand, why: &str) {
     match command {
         DeadLetterCommand::Replay { reply, .. } => {
             let _ = reply.send(Err(why.to_owned()));

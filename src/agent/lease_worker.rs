@@ -6,7 +6,8 @@
 //! agent exit at once with [`EXIT_STEPPED_DOWN`]: every worker stops with
 //! the process, and the service manager restarts it as a standby.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::task::Poll;
 use std::time::Duration;
 
 use callosum_api::{
@@ -14,13 +15,14 @@ use callosum_api::{
 };
 use callosum_mysql::{MySqlLease, MySqlLeaseConfig};
 use callosum_postgres::{PgLease, PgLeaseConfig};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::{sink_config, sleep_or_stop, source_config, store_password, Pipelines, SourceConfig};
 use crate::config::{Config, LeaseConfig, StoreConfig};
+use crate::dead_letter::DeadLetterCommand;
 use crate::http::{LeaseRole, LeaseStatus, PipelineState};
 use crate::lease::{HeldLease, LeaseTiming, Loss, Renewal};
 use crate::retry::RetryPolicy;
@@ -96,7 +98,7 @@ fn lease_store(config: &Config, lease: &LeaseConfig) -> Result<AnyLease, Connect
 
 /// Waits as a standby until the lease is taken, then fences, starts the
 /// pipelines and keeps the lease until shutdown, when it is released.
-pub(super) async fn run(lease: LeaseConfig, pipelines: Pipelines) {
+pub(super) async fn run(lease: LeaseConfig, mut pipelines: Pipelines) {
     let timing = LeaseTiming {
         duration: lease.duration.0,
     };
@@ -162,7 +164,15 @@ pub(super) async fn run(lease: LeaseConfig, pipelines: Pipelines) {
                 }
             }
         }
-        if sleep_or_stop(timing.retry_every(), &mut shutdown).await {
+        let active_holder = status.lease().and_then(|l| l.active_holder);
+        if refuse_commands_for(
+            timing.retry_every(),
+            &mut pipelines.commands,
+            active_holder.as_deref(),
+            &mut shutdown,
+        )
+        .await
+        {
             return;
         }
     };
@@ -233,6 +243,37 @@ pub(super) async fn run(lease: LeaseConfig, pipelines: Pipelines) {
     }
     active.set(0);
     release(stop_renewing, renewer, epoch).await;
+}
+
+/// Waits `delay` (or until shutdown: `true`) as a standby, refusing the
+/// operator's dead-letter commands: only the active agent applies.
+async fn refuse_commands_for(
+    delay: Duration,
+    commands: &mut BTreeMap<String, mpsc::Receiver<DeadLetterCommand>>,
+    active_holder: Option<&str>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let why = format!(
+        "this agent is a standby and applies nothing; send the command to the active agent{}",
+        active_holder.map_or(String::new(), |h| format!(" ({h})"))
+    );
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            for receiver in commands.values_mut() {
+                if let Poll::Ready(Some(command)) = receiver.poll_recv(cx) {
+                    return Poll::Ready(command);
+                }
+            }
+            Poll::Pending
+        });
+        tokio::select! {
+            _ = crate::shutdown::requested(shutdown) => return true,
+            _ = &mut sleep => return false,
+            command = next => super::apply_worker::refuse(command, &why),
+        }
+    }
 }
 
 /// Fences every pipeline's checkpoint rows (and its replay's) with
