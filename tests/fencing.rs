@@ -164,6 +164,7 @@ async fn a_fenced_mariadb_target_refuses_the_former_leader() {
                     TableId::new(&database, "items"),
                 )],
                 time_zone: None,
+                tls: Default::default(),
                 fence: fence(epoch),
             };
             async move { MySqlSink::connect(config).await.unwrap() }
@@ -200,6 +201,7 @@ async fn a_fenced_postgres_target_refuses_the_former_leader() {
                     TableId::new("src", "items"),
                     TableId::new("public", "items"),
                 )],
+                tls: Default::default(),
                 fence: fence(epoch),
             };
             async move { PgSink::connect(config).await.unwrap() }
