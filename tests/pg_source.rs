@@ -930,3 +930,118 @@ async fn authenticates_with_scram_md5_and_cleartext_passwords() {
         assert!(!err.to_string().contains("wrong-password"), "{err}");
     }
 }
+
+/// A TCP proxy to `upstream` that can stop forwarding in both directions
+/// while keeping every connection open: a half-open connection as a dead
+/// peer or a stateful firewall leaves it.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> FreezingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pump(client_read, server_write, flag.clone()));
+                tokio::spawn(Self::pump(server_read, client_write, flag.clone()));
+            }
+        });
+        FreezingProxy { addr, frozen }
+    }
+
+    /// Copies `from` to `to`, holding what it read while frozen.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_silent_half_open_replication_connection_is_dropped_for_a_reconnect() {
+    let db = db("pg_src_halfopen", "CREATE TABLE a (id int8 PRIMARY KEY)").await;
+    let mut cfg = config(&db, &["public.a"]);
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", PgServer::shared().port())
+        .parse()
+        .unwrap();
+    let proxy = FreezingProxy::start(server).await;
+    cfg.url = cfg.url.replace(
+        &format!(":{}/", server.port()),
+        &format!(":{}/", proxy.addr.port()),
+    );
+    let slot = cfg.slot.clone();
+    let mut src = PgSource::connect(cfg, None).await.unwrap();
+    src.set_status_interval(Duration::from_millis(200));
+    src.set_read_timeout(Duration::from_secs(3));
+    db.client
+        .batch_execute("INSERT INTO a VALUES (1)")
+        .await
+        .unwrap();
+    // streaming works through the proxy, and idle keepalives keep it alive
+    // longer than the read timeout
+    loop {
+        if let SourceMessage::Commit(_) = next(&mut src).await {
+            break;
+        }
+    }
+    let quiet = tokio::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        let _ = next(&mut src).await;
+    }
+
+    proxy.freeze();
+    let frozen_at = tokio::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match src.next().await {
+                Ok(_) => continue,
+                Err(err) => break err,
+            }
+        }
+    })
+    .await
+    .expect("a silent connection is given up within the read timeout");
+    assert!(frozen_at.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.kind, ErrorKind::Connection, "{err}");
+    assert!(err.is_transient(), "reconnected, not halted: {err}");
+    assert!(err.to_string().contains("half-open"), "{err}");
+    // the walsender behind the frozen proxy holds the slot until its own
+    // timeout: end it
+    let _ = db
+        .client
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await;
+    finish(src, &db, &slot).await;
+}

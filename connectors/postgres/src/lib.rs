@@ -33,4 +33,4 @@ pub use error::classify;
 pub use lease::{take_over_slot, PgLease, PgLeaseConfig};
 pub use sink::{ensure_checkpoint_table, PgSink, PgSinkConfig, UpsertStrategy};
 pub use sink_check::check_target;
-pub use source::{PgSource, PgSourceConfig, DEFAULT_STATUS_INTERVAL};
+pub use source::{PgSource, PgSourceConfig, DEFAULT_READ_TIMEOUT, DEFAULT_STATUS_INTERVAL};

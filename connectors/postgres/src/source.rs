@@ -20,6 +20,14 @@ use crate::stream::StreamState;
 /// How often a standby status update is sent without being asked.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long the replication stream may stay silent before the connection
+/// is taken for half-open (a peer or a network device gone without a
+/// reset) and dropped, for the capture to reconnect. The source asks the
+/// server for a keepalive every status interval while idle, and the server
+/// sends one at least every `wal_sender_timeout / 2` (30 s by default) even
+/// while it decodes a large transaction; 90 s leaves room for both.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Configuration of one captured PostgreSQL store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgSourceConfig {
@@ -125,6 +133,9 @@ pub struct PgSource {
     acked: Lsn,
     status_interval: Duration,
     next_status_at: Instant,
+    /// When the server was last heard from, and how long it may be silent.
+    last_heard: Instant,
+    read_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgSource {
@@ -391,6 +402,8 @@ impl PgSource {
             acked: start,
             status_interval: DEFAULT_STATUS_INTERVAL,
             next_status_at: Instant::now() + DEFAULT_STATUS_INTERVAL,
+            last_heard: Instant::now(),
+            read_timeout: DEFAULT_READ_TIMEOUT,
         })
     }
 
@@ -399,6 +412,13 @@ impl PgSource {
     pub fn set_status_interval(&mut self, interval: Duration) {
         self.status_interval = interval.max(Duration::from_millis(10));
         self.next_status_at = Instant::now() + self.status_interval;
+    }
+
+    /// Changes how long the stream may stay silent before the connection is
+    /// dropped as half-open ([`DEFAULT_READ_TIMEOUT`]); keep it well above
+    /// the status interval.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.read_timeout = timeout;
     }
 
     /// The last position acknowledged to the server.
@@ -446,13 +466,26 @@ impl PgSource {
                 self.next_status_at = Instant::now() + self.status_interval;
                 continue;
             }
-            let deadline = self.next_status_at;
+            let silent_until = self.last_heard + self.read_timeout;
+            if Instant::now() >= silent_until {
+                return Err(ConnectorError::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "postgres store `{}`: nothing from the server on the replication connection for {} s although keepalives were asked for: the connection is half-open or the server hangs",
+                        self.config.store,
+                        self.read_timeout.as_secs()
+                    ),
+                )
+                .with_hint("the capture reconnects; if it keeps happening, check the network between the agent and the server"));
+            }
+            let deadline = self.next_status_at.min(silent_until);
             let msg = tokio::select! {
                 msg = self.repl.recv() => msg,
                 _ = tokio::time::sleep_until(deadline) => continue,
             };
             let msg = msg
                 .map_err(|e| from_replication(&self.config.store, "read replication stream", e))?;
+            self.last_heard = Instant::now();
             match msg {
                 ReplicationMessage::Keepalive {
                     wal_end,
