@@ -1,13 +1,14 @@
 //! Criterion micro-benchmarks of the hot paths, on the design's `orders`
 //! row shape (design.md §7): pgoutput decoding, binlog row-image decoding,
-//! change-log append + flush and read, batch planning and MariaDB statement
-//! building.
+//! change-log append + flush and read, batch planning, table maps and
+//! MariaDB statement building.
 //!
 //! `cargo bench --bench micro` (all), `cargo bench --bench micro -- plan`
 //! (one group).
 
 use callosum::log::ChangeLog;
 use callosum_api::batch::{plan, Step};
+use callosum_api::table_map::{filter, ColumnRule, TableMap, TableMaps, Unmatched, ValueMap};
 use callosum_api::{
     ChangeEvent, ColumnSchema, Lsn, Position, RowChange, TableId, TableSchema, TransactionMeta,
     Value,
@@ -452,6 +453,70 @@ fn bench_plan(c: &mut Criterion) {
     g.finish();
 }
 
+/// `orders` → `sales_orders`: every column renamed, a filter that half the
+/// changes pass (`status = 'shipped' AND amount > 0`: the updates), a
+/// value map and a constant; deletes pass by key.
+fn orders_map() -> TableMap {
+    let rename = |source: &str, target: &str| ColumnRule {
+        source: source.into(),
+        target: target.into(),
+        values: None,
+    };
+    let text = "status = 'shipped' AND amount > 0";
+    TableMap {
+        source: TableId::new("public", "orders"),
+        target: TableId::new("erp", "sales_orders"),
+        filter: Some((text.into(), filter::parse(text).unwrap())),
+        unmatched: Unmatched::Delete,
+        columns: vec![
+            rename("id", "crm_order_id"),
+            rename("customer_id", "customer_ref"),
+            ColumnRule {
+                source: "status".into(),
+                target: "state".into(),
+                values: Some(ValueMap {
+                    values: [("new", "N"), ("shipped", "S")]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Value::Text(v.to_string())))
+                        .collect(),
+                    default: None,
+                }),
+            },
+            rename("amount", "total"),
+            rename("note", "remark"),
+            rename("updated_at", "changed_at"),
+        ],
+        constants: vec![("source_system".into(), Value::Text("crm".into()))],
+        key: None,
+    }
+}
+
+fn bench_table_map(c: &mut Criterion) {
+    let schema = orders_schema();
+    // one apply batch of the agent's default size, as read back from the
+    // log (the schema `Arc` of the batch)
+    let events: Vec<ChangeEvent> = workload(&schema, 50, 100).into_iter().flatten().collect();
+    let mut maps = TableMaps::new([orders_map()]);
+    let mut out = Vec::with_capacity(events.len());
+    let mut g = c.benchmark_group("table_map");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("transform_5000_changes", |b| {
+        b.iter(|| {
+            out.clear();
+            maps.transform(black_box(&events), &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    g.bench_function("transform_and_plan_5000_changes", |b| {
+        b.iter(|| {
+            out.clear();
+            maps.transform(black_box(&events), &mut out).unwrap();
+            black_box(plan(&out).len())
+        })
+    });
+    g.finish();
+}
+
 /// The MariaDB statements of a planned batch, built the way the sink builds
 /// them (`INSERT … ON DUPLICATE KEY UPDATE` and `DELETE … IN`), with the
 /// public `write_literal`; the sink's own `build_statement` is private.
@@ -583,6 +648,7 @@ criterion_group!(
     bench_binlog,
     bench_change_log,
     bench_plan,
+    bench_table_map,
     bench_mysql_statements
 );
 criterion_main!(benches);
