@@ -379,13 +379,13 @@ async fn start_pair(
 
 /// SIGKILL of the active agent during a load: the standby takes over
 /// within 30 s, the target ends equal to the source, nothing twice.
-async fn killed_leader(direction: Direction, prefix: &str) {
+async fn killed_leader(direction: Direction, prefix: &str, duration: &str) {
     let _serial = SERIAL.lock().await;
     let db = common::fresh_databases(prefix).await;
     create_plain_orders(&db).await;
     install_audit(&db, direction).await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = shared_config(&db, "5s", direction);
+    let toml = shared_config(&db, duration, direction);
     let (mut a, b, _logs) = start_pair(&db, dir.path(), &toml, direction).await;
 
     let (stop, load) = start_load(&db, direction);
@@ -414,7 +414,7 @@ async fn killed_leader(direction: Direction, prefix: &str) {
     assert_eq!(status["pipelines"][PIPELINE]["state"], "streaming");
     assert_eq!(status["pipelines"][PIPELINE]["dead_letters"], 0);
     assert_eq!(status["lease"]["epoch"], epochs[1]);
-    eprintln!("{direction:?}: takeover after SIGKILL: {took_over:?} (lease 5 s)");
+    eprintln!("{direction:?}: takeover after SIGKILL: {took_over:?} (lease {duration})");
 }
 
 /// SIGSTOP of the active agent for longer than its lease during a load:
@@ -469,7 +469,8 @@ async fn paused_leader(direction: Direction, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_to_mysql_the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
-    killed_leader(Direction::PgToMysql, "standby_kill_pg").await;
+    // the default lease: a takeover within 30 s is the promise
+    killed_leader(Direction::PgToMysql, "standby_kill_pg", "15s").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,7 +480,7 @@ async fn pg_to_mysql_a_paused_leader_that_wakes_up_applies_nothing_and_steps_dow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_to_pg_the_standby_takes_over_from_a_killed_leader_without_applying_twice() {
-    killed_leader(Direction::MysqlToPg, "standby_kill_my").await;
+    killed_leader(Direction::MysqlToPg, "standby_kill_my", "5s").await;
 }
 
 /// The former leader's binlog dump (same `server_id`) is ended by the
