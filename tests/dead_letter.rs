@@ -764,6 +764,25 @@ async fn replay_interrupted(prefix: &str, interruption: Interruption) {
         queued_ids(listen).await.len() == 1
     })
     .await;
+    // /dlq lists it once the log holds it; the target holds it (with the
+    // checkpoint past it) only when its 100,000 rows are written there. A
+    // kill before that leaves the transaction to the pipeline, which then
+    // applies it itself once the column is widened: exactly once too, but
+    // no replay to interrupt
+    common::wait_for(
+        "the dead letter to be durable in the target",
+        Duration::from_secs(300),
+        || async {
+            common::mysql_rows(
+                &db.mysql,
+                &format!("SELECT COUNT(*) FROM callosum_dead_letter WHERE pipeline = '{PIPELINE}'"),
+            )
+            .await[0][0]
+                .as_deref()
+                .is_some_and(|n| n != "0")
+        },
+    )
+    .await;
     common::mysql_exec(&db.mysql, "ALTER TABLE orders MODIFY note TEXT").await;
 
     let replaying = tokio::process::Command::new(env!("CARGO_BIN_EXE_callosum"))

@@ -4,7 +4,8 @@
 //! pipeline, and the rules evaluate without error against the live series.
 //! Every query of the Grafana dashboard (`deploy/grafana/callosum.json`) is
 //! valid PromQL that Prometheus answers, and every metric it and the rules
-//! use is in the agent's `/metrics` and in METRICS.md.
+//! use is in the agent's `/metrics` and in METRICS.md (the agent runs with a
+//! `[lease]`, whose metrics an alert queries).
 //!
 //! Needs the `prometheus` server binary (Debian package `prometheus`;
 //! `.ci/run` installs it).
@@ -185,6 +186,8 @@ async fn prometheus_scrapes_every_pipelines_lag_and_state() {
         ],
         &agent_listen.to_string(),
     );
+    // with a lease, so that the lease metrics (and the alert on them) are live
+    let toml = format!("{toml}\n[lease]\nstore = \"erp\"\nduration = \"5s\"\n");
     let config = write_config(dir.path(), &toml);
     let mut agent = agent_process::spawn_agent(&config, &dir.path().join("agent.log"), &[]);
 
