@@ -183,20 +183,7 @@ async fn mariadb_capture_and_postgres_apply_users_suffice() {
     assert_check_passes(&config).await;
 
     let agent = callosum::agent::Agent::start(config.clone()).await.unwrap();
-    // the binlog source starts where it connects: write until a row arrives
-    common::wait_for("the binlog capture", Duration::from_secs(60), || async {
-        common::mysql_exec(
-            &db.mysql,
-            "INSERT INTO orders VALUES (1, 1, 'new', 1.00, 'a') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
-        )
-        .await;
-        db.pg
-            .query_opt("SELECT 1 FROM orders WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
+    common::wait_for_binlog_capture(&db, 1).await;
     common::mysql_exec(
         &db.mysql,
         "INSERT INTO orders VALUES (2, 2, 'new', 2.00, 'b'); DELETE FROM orders WHERE id = 2; TRUNCATE orders; INSERT INTO orders VALUES (3, 3, 'new', 3.00, 'c')",

@@ -154,21 +154,7 @@ async fn lose_data_dir_while_target_blocked(
             "crm"
         }
         Direction::MysqlToPg => {
-            // the binlog source starts at the server's current position
-            // when it connects: write the first row until it arrives
-            common::wait_for("the agent to connect", Duration::from_secs(60), || async {
-                common::mysql_exec(
-                    &db.mysql,
-                    "INSERT INTO orders VALUES (1, 1, 'first', 1.00, 'x') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
-                )
-                .await;
-                db.pg
-                    .query_opt("SELECT 1 FROM orders WHERE id = 1", &[])
-                    .await
-                    .unwrap()
-                    .is_some()
-            })
-            .await;
+            common::wait_for_binlog_capture(db, 1).await;
             "erp"
         }
     };

@@ -111,20 +111,7 @@ async fn a_row_held_in_a_postgres_target_shows_as_retrying_then_arrives() {
         },
     )
     .await;
-    // the binlog source starts where it connects: write until a row arrives
-    common::wait_for("the binlog capture", Duration::from_secs(60), || async {
-        common::mysql_exec(
-            &db.mysql,
-            "INSERT INTO orders VALUES (1, 1, 'new', 1.00, 'a') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
-        )
-        .await;
-        db.pg
-            .query_opt("SELECT 1 FROM orders WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
+    common::wait_for_binlog_capture(&db, 1).await;
     common::wait_until_mirrored(&db, &[&ORDERS], Duration::from_secs(60)).await;
 
     let app = common::pg_client(&db.pg_url).await;

@@ -240,21 +240,7 @@ async fn pipelines_replicate_both_ways_over_verified_tls() {
             .await
             .unwrap();
     }
-    // the binlog source starts where it connects: write until the first
-    // row arrives, then the rest
-    common::wait_for("the binlog capture over tls", Duration::from_secs(60), || async {
-        common::mysql_exec(
-            &db.mysql,
-            "INSERT INTO orders VALUES (101, 1, 'from erp', 2.00, 'e') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1",
-        )
-        .await;
-        db.pg
-            .query_opt("SELECT 1 FROM orders WHERE id = 101", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
+    common::wait_for_binlog_capture(&db, 101).await;
     for id in 102..=120 {
         common::mysql_exec(
             &db.mysql,

@@ -306,6 +306,26 @@ where
     testkit::wait_until(what, timeout, condition).await.unwrap();
 }
 
+/// Waits until the agent captures the MariaDB binlog into PostgreSQL, for
+/// the plain `orders` table on both sides: a binlog source starts at the
+/// server's position when it connects, so order `id` is written (and
+/// rewritten) until it arrives.
+pub async fn wait_for_binlog_capture(db: &Databases, id: i64) {
+    wait_for("the binlog capture", Duration::from_secs(60), || async {
+        mysql_exec(
+            &db.mysql,
+            &format!("INSERT INTO orders VALUES ({id}, 1, 'first', 1.00, 'x') ON DUPLICATE KEY UPDATE customer_id = customer_id + 1"),
+        )
+        .await;
+        db.pg
+            .query_opt("SELECT 1 FROM orders WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+}
+
 /// Waits until the agent has created its replication slot: changes
 /// committed before that are not captured (there is no initial snapshot yet).
 pub async fn wait_for_slot(db: &Databases) {
